@@ -1,0 +1,157 @@
+"""Coalesces incoming messages into database batches, acknowledging each message only after
+every event it carries is committed or dead-lettered.
+
+This is the broker-free half of the worker's batching; `worker.tasks` feeds it from Celery.
+It is driven from one thread (the worker's consumer loop): `add()` for each message and
+`tick()` from a timer. A failed write keeps every message pending (unacknowledged) and is
+retried with exponential backoff, so a database outage loses nothing and needs no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker import metrics
+from worker.ingest import WriteResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """One received message: its events, its size, and how to acknowledge it."""
+
+    events: Sequence[Any]
+    size: int
+    ack: Callable[[], None]
+
+
+class Batcher:
+    """Buffers messages and writes them when a batch is full or its oldest message is due."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Any]], WriteResult],
+        *,
+        max_events: int,
+        max_bytes: int,
+        max_wait_s: float,
+        retry_max_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_wait_s = max_wait_s
+        self.retry_max_s = retry_max_s
+        self._clock = clock
+        self._pending: deque[Pending] = deque()
+        self._events = 0
+        self._bytes = 0
+        self._oldest: float | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.last_result: WriteResult | None = None
+
+    @property
+    def pending_events(self) -> int:
+        return self._events
+
+    @property
+    def pending_messages(self) -> int:
+        return len(self._pending)
+
+    def add(self, events: Sequence[Any], size: int, ack: Callable[[], None]) -> None:
+        """Take one message; writes at once if that fills the batch (unless backing off)."""
+        if not self._pending:
+            self._oldest = self._clock()
+        self._pending.append(Pending(events, size, ack))
+        self._events += len(events)
+        self._bytes += size
+        if self._full() and self._clock() >= self._retry_at:
+            self.flush()
+
+    def tick(self) -> None:
+        """Called from a timer: writes the batch once its oldest message has waited enough."""
+        if not self._pending or self._clock() < self._retry_at:
+            return
+        assert self._oldest is not None
+        if self._full() or self._clock() - self._oldest >= self.max_wait_s:
+            self.flush()
+
+    def _full(self) -> bool:
+        return self._events >= self.max_events or self._bytes >= self.max_bytes
+
+    def flush(self) -> bool:
+        """Write everything pending, in batches within the caps. True if all was written."""
+        while self._pending:
+            taken = self._take()
+            payloads = [event for p in taken for event in p.events]
+            try:
+                result = self._write(payloads)
+            except Exception as exc:
+                self._pending.extendleft(reversed(taken))  # put back in order; nothing is acked
+                self._failures += 1
+                delay = min(self.retry_max_s, 0.5 * 2 ** (self._failures - 1))
+                self._retry_at = self._clock() + delay
+                metrics.WRITE_FAILURES.inc()
+                log.warning(
+                    "batch of %d events not written (%s); %d messages kept unacknowledged,"
+                    " retry in %.1fs",
+                    len(payloads),
+                    exc,
+                    len(self._pending),
+                    delay,
+                )
+                return False
+            self._failures = 0
+            self._retry_at = 0.0
+            self.last_result = result
+            for p in taken:
+                p.ack()
+            log.info(
+                "batch written: received=%d inserted=%d duplicates=%d dead_lettered=%d"
+                " unpriced=%d messages=%d seconds=%.3f",
+                result.received,
+                result.inserted,
+                result.duplicates,
+                result.dead_lettered,
+                result.unpriced,
+                len(taken),
+                result.seconds,
+                extra={
+                    "batch": {
+                        "received": result.received,
+                        "inserted": result.inserted,
+                        "duplicates": result.duplicates,
+                        "dead_lettered": result.dead_lettered,
+                        "unpriced": result.unpriced,
+                        "messages": len(taken),
+                        "seconds": round(result.seconds, 4),
+                    }
+                },
+            )
+        return True
+
+    def _take(self) -> list[Pending]:
+        """Remove whole messages from the front, up to the caps (at least one message)."""
+        taken: list[Pending] = []
+        events = size = 0
+        while self._pending:
+            nxt = self._pending[0]
+            if taken and (
+                events + len(nxt.events) > self.max_events or size + nxt.size > self.max_bytes
+            ):
+                break
+            taken.append(self._pending.popleft())
+            events += len(nxt.events)
+            size += nxt.size
+        self._events -= events
+        self._bytes -= size
+        self._oldest = self._clock() if self._pending else None
+        return taken

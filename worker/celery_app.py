@@ -1,0 +1,46 @@
+"""The Celery application: `celery -A worker.celery_app worker|beat`.
+
+Creating the app connects to nothing; its configuration (worker.celeryconfig) is read from
+the settings when Celery first needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+app = Celery("ai_usage_worker", include=["worker.tasks"])
+app.config_from_object("worker.celeryconfig")
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from worker.logs import configure_logging
+
+    configure_logging()
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A pool child must not use the parent's database connections.
+    from worker.db import dispose_engine
+
+    dispose_engine()
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_: Any) -> None:
+    from worker.metrics import serve
+    from worker.settings import get_settings
+
+    serve(get_settings().metrics_port)
+
+
+@signals.beat_init.connect
+def _beat_init(**_: Any) -> None:
+    from worker.metrics import serve
+    from worker.settings import get_settings
+
+    port = get_settings().metrics_port
+    serve(port + 1 if port else 0)

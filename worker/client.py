@@ -1,0 +1,409 @@
+"""The Python client: record one usage event per AI call, from the request path, in microseconds.
+
+    from worker.client import UsageClient
+    usage = UsageClient(broker_url="redis://localhost:6379/0")   # background mode
+    usage.record(tenant_id=t, operation="generate_assessment", model="claude-3-5-sonnet-20241022",
+                 input_tokens=1000, output_tokens=2000)
+
+Background mode (the default) validates the event, appends it to a bounded in-memory queue and
+returns; a daemon thread publishes `ai_usage.record_batch` messages of up to `batch_size`
+events every `flush_interval_ms`. The caller is never blocked by the broker and never sees a
+broker error: while the broker is down the thread retries with backoff (the same event ids, so
+a retry cannot double count); past `max_queue` events are dropped, counted and logged.
+Sync mode publishes one `ai_usage.record` message per call and returns once Redis holds it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from worker.events import UsageEvent, parse_event
+from worker.settings import QUEUE
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RECORD = "ai_usage.record"
+RECORD_BATCH = "ai_usage.record_batch"
+
+_live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
+
+
+class UsageClient:
+    """Publishes usage events to the ai_usage queue. Thread-safe; safe across fork."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        mode: Literal["background", "sync"] = "background",
+        batch_size: int = 100,
+        flush_interval_ms: int = 500,
+        max_queue: int = 10_000,
+        retry_max_s: float = 30.0,
+        exit_timeout_s: float = 5.0,
+        registry: Any = None,
+        publisher: Callable[[str, list[Any], dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`broker_url` defaults to the settings' broker (CELERY_BROKER_URL or REDIS_URL).
+        `registry`: a prometheus_client registry to expose drops and buffer depth in.
+        `publisher(task_name, args, kwargs)`: replaces Celery publishing (tests, other brokers).
+        """
+        if mode not in ("background", "sync"):
+            raise ValueError(f"mode: expected 'background' or 'sync', got {mode!r}")
+        self.mode = mode
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval_ms / 1000
+        self.max_queue = max_queue
+        self.retry_max_s = retry_max_s
+        self.exit_timeout_s = exit_timeout_s
+        self._broker_url = broker_url
+        self._publisher = publisher
+        self._app: Any = None
+        self._app_lock = threading.Lock()
+        self.dropped = 0
+        self.published = 0
+        self.publish_failures = 0
+        self._closed = False
+        self._start_buffer()
+        self._dropped_metric: Any = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge
+
+            self._dropped_metric = Counter(
+                "ai_usage_client_events_dropped_total",
+                "Usage events dropped by the client because its buffer was full.",
+                registry=registry,
+            )
+            depth = Gauge(
+                "ai_usage_client_buffer_depth",
+                "Usage events waiting in the client's buffer.",
+                registry=registry,
+            )
+            depth.set_function(lambda: len(self._queue) + self._in_flight)
+        _live_clients.add(self)
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        tenant_id: uuid.UUID | str,
+        operation: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        total_tokens: int | None = None,
+        cost_usd: float | None = None,
+        duration_ms: int | None = None,
+        success: bool | Literal["success", "failure"] = "success",
+        created_at: dt.datetime | str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        assessment_id: uuid.UUID | str | None = None,
+        lead_id: uuid.UUID | str | None = None,
+        provider: str | None = None,
+        id: uuid.UUID | str | None = None,
+    ) -> uuid.UUID:
+        """Record one AI call; returns its event id.
+
+        Raises InvalidEvent (a ValueError naming the field) for bad input. In background mode
+        nothing else is raised; in sync mode a broker error is raised after a few retries."""
+        event = parse_event(
+            {
+                "id": id if id is not None else uuid.uuid4(),
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "assessment_id": assessment_id,
+                "lead_id": lead_id,
+                "operation": operation,
+                "model": model,
+                "provider": provider,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": total_tokens,
+                "cost_usd": cost_usd,
+                "duration_ms": duration_ms,
+                "success": success,
+                "created_at": created_at if created_at is not None else dt.datetime.now(dt.UTC),
+            }
+        )
+        if self.mode == "sync":
+            self._publish(RECORD, [], event.to_message(), retry=True)
+            return event.id
+        self._enqueue(event)
+        return event.id
+
+    def _enqueue(self, event: UsageEvent) -> None:
+        if self._pid != os.getpid():
+            self._start_buffer()  # forked: the parent's thread does not exist here
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            if self._dropped_metric is not None:
+                self._dropped_metric.inc()
+            log.warning(
+                "usage event %s dropped: client buffer full (%d events); %d dropped so far",
+                event.id,
+                self.max_queue,
+                self.dropped,
+            )
+            return
+        self._queue.append(event)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    # -- background publishing ---------------------------------------------------------------
+
+    def _start_buffer(self) -> None:
+        self._pid = os.getpid()
+        self._queue: deque[UsageEvent] = deque()
+        self._in_flight = 0
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if self.mode == "background":
+            self._thread = threading.Thread(target=self._run, name="ai-usage-client", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            while self._queue:
+                batch: list[UsageEvent] = []
+                while self._queue and len(batch) < self.batch_size:
+                    batch.append(self._queue.popleft())
+                self._in_flight = len(batch)
+                payload = [e.to_message() for e in batch]
+                while True:
+                    try:
+                        self._publish(RECORD_BATCH, [payload], {}, retry=False)
+                        failures = 0
+                        self.published += len(batch)
+                        break
+                    except Exception as exc:
+                        failures += 1
+                        self.publish_failures += 1
+                        delay = min(self.retry_max_s, 0.1 * 2 ** min(failures, 16))
+                        log.warning(
+                            "could not publish %d usage events (%s); retrying in %.1fs",
+                            len(batch),
+                            exc,
+                            delay,
+                        )
+                        if self._stop and time.monotonic() >= self._deadline:
+                            self._give_up(batch)
+                            break
+                        self._wake.wait(delay)
+                        self._wake.clear()
+                self._in_flight = 0
+                if self._stop and time.monotonic() >= self._deadline:
+                    self._give_up(list(self._queue))
+                    self._queue.clear()
+            with self._idle:
+                self._idle.notify_all()
+            if self._stop:
+                return
+
+    def _give_up(self, events: list[UsageEvent]) -> None:
+        if events:
+            self.dropped += len(events)
+            if self._dropped_metric is not None:
+                self._dropped_metric.inc(len(events))
+            log.error(
+                "%d usage events not published before the close deadline: dropped", len(events)
+            )
+
+    def pending(self) -> int:
+        """Events recorded but not yet published."""
+        return len(self._queue) + self._in_flight
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Publish everything buffered; True if the buffer emptied within `timeout` seconds."""
+        if self.mode == "sync" or self._thread is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            self._wake.set()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._idle:
+                self._idle.wait(min(remaining, 0.05))
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush with a deadline, then stop the thread. Events still unpublished are counted as
+        dropped and logged. Returns True if nothing was dropped."""
+        if self._closed:
+            return True
+        self._closed = True
+        dropped_before = self.dropped
+        if self._thread is not None and self._pid == os.getpid():
+            self._deadline = time.monotonic() + timeout
+            self._stop = True
+            self._wake.set()
+            self._thread.join(timeout + 1)
+        return self.dropped == dropped_before and not self.pending()
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _publish(self, task: str, args: list[Any], kwargs: dict[str, Any], *, retry: bool) -> None:
+        if self._publisher is not None:
+            self._publisher(task, args, kwargs)
+            return
+        app = self._celery()
+        app.send_task(
+            task,
+            args=args,
+            kwargs=kwargs,
+            queue=QUEUE,
+            routing_key=QUEUE,
+            retry=retry,
+            retry_policy={
+                "max_retries": 3,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 2,
+            },
+        )
+
+    def _celery(self) -> Any:
+        with self._app_lock:
+            if self._app is None:
+                from celery import Celery
+
+                url = self._broker_url
+                if url is None:
+                    from worker.settings import get_settings
+
+                    url = get_settings().broker_url
+                app = Celery("ai_usage_client", broker=url, set_as_current=False)
+                app.conf.update(
+                    task_serializer="json",
+                    accept_content=["json"],
+                    broker_connection_retry_on_startup=False,
+                    broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5},
+                    task_create_missing_queues=True,
+                )
+                self._app = app
+            return self._app
+
+    # -- timing helper -----------------------------------------------------------------------
+
+    @contextmanager
+    def track_usage(self, **fields: Any) -> Iterator[UsageTracker]:
+        """Time an AI call and record it; records `success="failure"` if the block raises.
+
+        with usage.track_usage(tenant_id=t, operation="summarise", model="gpt-4o") as call:
+            response = openai_client.chat.completions.create(...)
+            call.response(response)
+        """
+        tracker = UsageTracker()
+        started = time.perf_counter()
+        try:
+            yield tracker
+        except BaseException:
+            self._record_tracked(fields, tracker, started, failed=True)
+            raise
+        self._record_tracked(fields, tracker, started, failed=False)
+
+    def track(self, **fields: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator form of track_usage: the function's return value is read as the response."""
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(func)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                with self.track_usage(**fields) as call:
+                    result = func(*args, **kwargs)
+                    call.response(result)
+                    return result
+
+            return wrapper
+
+        return decorate
+
+    def _record_tracked(
+        self, fields: dict[str, Any], tracker: UsageTracker, started: float, *, failed: bool
+    ) -> None:
+        values = dict(fields)
+        values.setdefault("duration_ms", int((time.perf_counter() - started) * 1000))
+        values.setdefault("input_tokens", tracker.input_tokens or 0)
+        values.setdefault("output_tokens", tracker.output_tokens or 0)
+        if "model" not in values and tracker.model:
+            values["model"] = tracker.model
+        values["success"] = "failure" if failed else values.get("success", "success")
+        if failed:
+            try:
+                self.record(**values)
+            except Exception:  # never mask the application's own exception
+                log.exception("could not record the failed AI call")
+        else:
+            self.record(**values)
+
+
+class UsageTracker:
+    """Collects token counts inside `track_usage`."""
+
+    def __init__(self) -> None:
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.model: str | None = None
+
+    def response(self, response: Any) -> None:
+        """Read token counts (and model) from an Anthropic or OpenAI response object or dict."""
+        tokens = extract_usage(response)
+        if tokens is not None:
+            self.input_tokens, self.output_tokens = tokens
+        model = _get(response, "model")
+        if isinstance(model, str):
+            self.model = model
+
+    def tokens(self, input_tokens: int, output_tokens: int) -> None:
+        """Set the token counts by hand."""
+        self.input_tokens, self.output_tokens = input_tokens, output_tokens
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def extract_usage(response: Any) -> tuple[int, int] | None:
+    """(input, output) tokens of an SDK response, without importing the SDK.
+
+    Anthropic and OpenAI Responses: usage.input_tokens / usage.output_tokens.
+    OpenAI chat completions: usage.prompt_tokens / usage.completion_tokens."""
+    usage = _get(response, "usage")
+    if usage is None:
+        return None
+    for inp, out in (("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")):
+        i, o = _get(usage, inp), _get(usage, out)
+        if isinstance(i, int) and isinstance(o, int):
+            return i, o
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for client in list(_live_clients):
+        try:
+            client.close(client.exit_timeout_s)
+        except Exception:  # pragma: no cover - interpreter teardown
+            log.exception("usage client flush at exit failed")

@@ -1,0 +1,141 @@
+"""The usage event: one AI call, as producers send it. This schema is the public contract
+(README, "Event fields"); the client validates with it at the call site and the worker again
+before writing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from worker.errors import InvalidEvent
+
+#: PostgreSQL INTEGER's upper bound: token counts and durations must fit the column.
+INT_MAX = 2_147_483_647
+#: An event dated further ahead than this is rejected (clock skew is tolerated up to it).
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+
+Count = Annotated[StrictInt, Field(ge=0, le=INT_MAX)]
+Label = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+def _check_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; a lone surrogate cannot be encoded to UTF-8. Both would
+    # fail the whole INSERT, so they are refused here, naming the field.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+class UsageEvent(BaseModel):
+    """One AI API call. See the README for the rules of each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    assessment_id: uuid.UUID | None = None
+    lead_id: uuid.UUID | None = None
+    operation: Label
+    model: Label
+    provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    input_tokens: Count
+    output_tokens: Count
+    total_tokens: Count | None = None
+    cost_usd: (
+        Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False, le=1e12)] | None
+    ) = None
+    duration_ms: Count | None = None
+    success: Literal["success", "failure"] = "success"
+    created_at: dt.datetime
+
+    @field_validator("operation", "model", "provider")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value)
+
+    @field_validator("success", mode="before")
+    @classmethod
+    def _success(cls, value: Any) -> Any:
+        if value is True:
+            return "success"
+        if value is False:
+            return "failure"
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        if value > dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE:
+            raise ValueError("is more than 5 minutes in the future")
+        return value
+
+    @model_validator(mode="after")
+    def _totals(self) -> UsageEvent:
+        least = self.input_tokens + self.output_tokens
+        if self.total_tokens is None:
+            if least > INT_MAX:
+                raise ValueError("total_tokens: input_tokens + output_tokens exceeds INTEGER")
+            object.__setattr__(self, "total_tokens", least)
+        elif self.total_tokens < least:
+            raise ValueError(
+                f"total_tokens: {self.total_tokens} is less than input_tokens + output_tokens"
+                f" ({least})"
+            )
+        return self
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON-ready form carried in Celery messages."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    first = error.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"]
+    if not loc:
+        # Model-level checks put the field name in front of their message ("total_tokens: ...").
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        loc, _, rest = msg.partition(": ")
+        return loc, rest or msg
+    if first["type"] == "extra_forbidden":
+        msg = "is not a known field"
+    elif first["type"] == "missing":
+        msg = "is required"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return loc, msg
+
+
+def parse_event(data: Any) -> UsageEvent:
+    """Validate one event (a mapping, as decoded from JSON).
+
+    Raises InvalidEvent whose message starts with the offending field's name."""
+    if not isinstance(data, Mapping):
+        raise InvalidEvent(f"event: expected a JSON object, got {type(data).__name__}", field=None)
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        field, msg = _describe(exc)
+        raise InvalidEvent(f"{field}: {msg}", field=field) from None

@@ -1,0 +1,284 @@
+"""The batch writer: validate, price and store a batch of usage events in one transaction.
+
+Every event of a batch ends in exactly one of: inserted, duplicate (its id is already stored),
+dead-lettered (invalid, or refused by the database). Rows the database refuses are isolated by
+bisecting the batch under savepoints, so one bad row never fails its neighbours. A database
+outage raises TransientError and nothing is written; the caller retries the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from sqlalchemy import Engine
+
+from worker import metrics
+from worker.errors import InvalidEvent, TransientError
+from worker.events import UsageEvent, parse_event
+from worker.pricing import Pricer
+
+log = logging.getLogger(__name__)
+
+#: Dead-letter payloads above this size are stored truncated (the error says so).
+MAX_DEAD_LETTER_PAYLOAD = 1024 * 1024
+
+_COLUMNS = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "operation",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "assessment_id",
+    "lead_id",
+    "duration_ms",
+    "success",
+    "created_at",
+)
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ai_usage_staging ("
+    "id uuid, tenant_id uuid, user_id uuid, operation text, model text, input_tokens integer,"
+    " output_tokens integer, total_tokens integer, cost_usd double precision,"
+    " assessment_id uuid, lead_id uuid, duration_ms integer, success text,"
+    " created_at timestamptz) ON COMMIT DELETE ROWS"
+)
+_COPY = f"COPY ai_usage_staging ({', '.join(_COLUMNS)}) FROM STDIN"
+_MOVE = (
+    f"INSERT INTO ai_usage_logs ({', '.join(_COLUMNS)})"
+    f" SELECT {', '.join(_COLUMNS)} FROM ai_usage_staging"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_DEAD_LETTER = (
+    "INSERT INTO ai_usage_dead_letters (dedupe_key, event_id, payload, error, field)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET error = EXCLUDED.error, field = EXCLUDED.field,"
+    " attempts = ai_usage_dead_letters.attempts + 1, last_attempt_at = now()"
+)
+# Which column a foreign-key violation is about, by constraint name.
+_FK_FIELDS = {
+    "fk_ai_usage_logs_tenant_id_tenants": "tenant_id",
+    "fk_ai_usage_logs_user_id_users": "user_id",
+    "fk_ai_usage_logs_assessment_id_assessments": "assessment_id",
+    "fk_ai_usage_logs_lead_id_leads": "lead_id",
+}
+_TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+@dataclass
+class DeadLetter:
+    """An event that could not be stored, and why."""
+
+    payload: Any
+    error: str
+    field: str | None = None
+    event_id: uuid.UUID | None = None
+
+
+@dataclass
+class WriteResult:
+    """What became of each event of a batch."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    unpriced: int = 0
+    seconds: float = 0.0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    event: UsageEvent
+    cost: float | None
+    payload: Any
+
+
+def _escape(value: str) -> str:
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _copy_line(row: _Row) -> str:
+    e = row.event
+
+    def opt(v: object) -> str:
+        return "\\N" if v is None else str(v)
+
+    return (
+        "\t".join(
+            (
+                str(e.id),
+                str(e.tenant_id),
+                opt(e.user_id),
+                _escape(e.operation),
+                _escape(e.model),
+                str(e.input_tokens),
+                str(e.output_tokens),
+                str(e.total_tokens),
+                "\\N" if row.cost is None else repr(row.cost),
+                opt(e.assessment_id),
+                opt(e.lead_id),
+                opt(e.duration_ms),
+                e.success,
+                e.created_at.isoformat(),
+            )
+        )
+        + "\n"
+    )
+
+
+def _event_id(payload: Any) -> uuid.UUID | None:
+    if isinstance(payload, dict):
+        try:
+            return uuid.UUID(str(payload.get("id")))
+        except (ValueError, TypeError, AttributeError):
+            return None
+    return None
+
+
+def encode_payload(payload: Any) -> str:
+    """JSON with ASCII escapes: NUL bytes and lone surrogates survive into a text column."""
+    return json.dumps(payload, ensure_ascii=True, default=str, sort_keys=True)
+
+
+def prepare(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> list[_Row]:
+    """Validate and price; invalid events become dead letters, in-batch repeats duplicates."""
+    rows: list[_Row] = []
+    seen: set[uuid.UUID] = set()
+    unknown_models: set[str] = set()
+    for payload in payloads:
+        result.received += 1
+        try:
+            event = parse_event(payload)
+        except InvalidEvent as exc:
+            result.dead_letters.append(DeadLetter(payload, str(exc), exc.field, _event_id(payload)))
+            continue
+        if event.id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(event.id)
+        cost = event.cost_usd
+        if cost is None:
+            cost = pricer.price(
+                event.model,
+                event.provider,
+                event.input_tokens,
+                event.output_tokens,
+                event.created_at,
+            )
+            if cost is None:
+                unknown_models.add(event.model)
+        rows.append(_Row(event, None if cost is None else float(cost), payload))
+    for model in sorted(unknown_models):
+        log.warning("no price known for model %r: its rows are stored with cost_usd NULL", model)
+    return rows
+
+
+def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> WriteResult:
+    """Validate, price and store `payloads` in one transaction. Idempotent by event id.
+
+    Raises TransientError if the database is unavailable; then nothing was written."""
+    started = time.perf_counter()
+    result = WriteResult()
+    rows = prepare(payloads, pricer, result)
+    try:
+        raw = engine.raw_connection()
+    except Exception as exc:
+        raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
+    try:
+        with raw.cursor() as cur:  # type: ignore[attr-defined]
+            cur.execute(_STAGING_DDL)
+            if rows:
+                _insert_isolating(cur, rows, result)
+            _store_dead_letters(cur, result.dead_letters)
+        raw.commit()
+    except _TRANSIENT as exc:
+        raw.invalidate()
+        raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+    result.dead_lettered = len(result.dead_letters)
+    result.seconds = time.perf_counter() - started
+    metrics.record_write(result)
+    return result
+
+
+def _attempt(cur: Any, rows: Sequence[_Row]) -> tuple[int, int]:
+    """COPY `rows` to staging and move them; returns (inserted, of which unpriced)."""
+    cur.copy_expert(_COPY, io.StringIO("".join(_copy_line(r) for r in rows)))
+    cur.execute(_MOVE + " RETURNING cost_usd IS NULL")
+    flags = cur.fetchall()
+    cur.execute("TRUNCATE ai_usage_staging")
+    return len(flags), sum(1 for (unpriced,) in flags if unpriced)
+
+
+def _insert_isolating(cur: Any, rows: Sequence[_Row], result: WriteResult) -> None:
+    cur.execute("SAVEPOINT batch")
+    try:
+        count, unpriced = _attempt(cur, rows)
+    except _TRANSIENT:
+        raise
+    except psycopg2.Error as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT batch")
+        if len(rows) == 1:
+            row = rows[0]
+            error, column = _describe_db_error(exc)
+            log.warning("event %s refused by the database: %s", row.event.id, error)
+            result.dead_letters.append(DeadLetter(row.payload, error, column, row.event.id))
+            return
+        mid = len(rows) // 2
+        _insert_isolating(cur, rows[:mid], result)
+        _insert_isolating(cur, rows[mid:], result)
+        return
+    cur.execute("RELEASE SAVEPOINT batch")
+    result.inserted += count
+    result.duplicates += len(rows) - count
+    result.unpriced += unpriced
+
+
+def _describe_db_error(exc: psycopg2.Error) -> tuple[str, str | None]:
+    diag = exc.diag
+    column = _FK_FIELDS.get(diag.constraint_name or "") or diag.column_name
+    message = (diag.message_primary or str(exc)).strip()
+    if diag.message_detail:
+        message = f"{message} ({diag.message_detail.strip()})"
+    if column:
+        message = f"{column}: {message}"
+    return message, column
+
+
+def _store_dead_letters(cur: Any, letters: Sequence[DeadLetter]) -> None:
+    for letter in letters:
+        payload = encode_payload(letter.payload)
+        error = letter.error
+        if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+            error = f"{error} [payload truncated from {len(payload)} characters]"
+            payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
+        key = (
+            f"event:{letter.event_id}"
+            if letter.event_id is not None
+            else "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+        )
+        cur.execute(
+            _DEAD_LETTER,
+            (key, str(letter.event_id) if letter.event_id else None, payload, error, letter.field),
+        )
+        log.warning("dead-lettered event %s: %s", letter.event_id or "(no id)", error)

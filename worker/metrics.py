@@ -1,0 +1,77 @@
+"""Prometheus metrics of the worker and beat.
+
+Under the prefork pool set PROMETHEUS_MULTIPROC_DIR (the worker's `make run` and compose files
+do): prometheus-client then keeps each process's values in files there, and the endpoint
+served by `serve()` adds them up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from worker.ingest import WriteResult
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter(
+    "ai_usage_events_total",
+    "Usage events handled by the worker, by outcome.",
+    ["outcome"],  # received, inserted, duplicate, dead_lettered, unpriced
+)
+BATCH_SIZE = Histogram(
+    "ai_usage_batch_size_events",
+    "Events per database batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+WRITE_SECONDS = Histogram(
+    "ai_usage_batch_write_seconds",
+    "Seconds to validate, price and commit one batch.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WRITE_FAILURES = Counter(
+    "ai_usage_batch_write_failures_total",
+    "Batch writes that failed because the database was unavailable (retried).",
+)
+ROLLUP_SECONDS = Histogram(
+    "ai_usage_rollup_duration_seconds",
+    "Seconds one monthly rollup run took.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+ROLLUP_LAST_SUCCESS = Gauge(
+    "ai_usage_rollup_last_success_timestamp_seconds",
+    "Unix time of the last successful rollup.",
+    multiprocess_mode="max",
+)
+
+
+def record_write(result: WriteResult) -> None:
+    """Count one committed batch."""
+    EVENTS.labels("received").inc(result.received)
+    EVENTS.labels("inserted").inc(result.inserted)
+    EVENTS.labels("duplicate").inc(result.duplicates)
+    EVENTS.labels("dead_lettered").inc(result.dead_lettered)
+    EVENTS.labels("unpriced").inc(result.unpriced)
+    BATCH_SIZE.observe(result.received)
+    WRITE_SECONDS.observe(result.seconds)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (all interfaces), aggregating processes in multiprocess mode."""
+    if port <= 0:
+        return
+    registry: CollectorRegistry | None = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if registry is None:
+        start_http_server(port)
+    else:
+        start_http_server(port, registry=registry)
+    log.info("metrics served on port %d", port)

@@ -1,0 +1,189 @@
+"""SQLAlchemy 2 typed models. The migrations are the source of the schema; a test checks these
+models against them (`alembic check` comes out empty)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Constraint names are derived, so that migrations and models agree and downgrades can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+
+
+def _created_at() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+    # Google Analytics integration (revision a1b2c3d4e5f6).
+    ga_measurement_id: Mapped[str | None] = mapped_column(String(32))
+    ga_api_secret: Mapped[str | None] = mapped_column(String(255))
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class Assessment(Base):
+    __tablename__ = "assessments"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageLog(Base):
+    """One AI API call. Column names, types and index names follow the migration guide exactly."""
+
+    __tablename__ = "ai_usage_logs"
+    __table_args__ = (
+        Index("idx_ai_usage_logs_tenant_id", "tenant_id"),
+        Index("idx_ai_usage_logs_operation", "operation"),
+        Index("idx_ai_usage_logs_created_at", "created_at"),
+        Index("idx_ai_usage_logs_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    operation: Mapped[str] = mapped_column(String(100), nullable=False)
+    model: Mapped[str] = mapped_column(String(100), nullable=False)
+    input_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    cost_usd: Mapped[float | None] = mapped_column(Double)
+    assessment_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("assessments.id", ondelete="SET NULL")
+    )
+    lead_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("leads.id", ondelete="SET NULL")
+    )
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    success: Mapped[str] = mapped_column(String(20), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageDeadLetter(Base):
+    """An event that could not be stored, with the reason; replayable with `ai-usage dead-letters`."""
+
+    __tablename__ = "ai_usage_dead_letters"
+    __table_args__ = (Index("idx_ai_usage_dead_letters_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    #: `event:<id>`, or `sha256:<payload hash>` for a payload without a usable id: a redelivered
+    #: or replayed event updates its dead letter instead of adding another.
+    dedupe_key: Mapped[str] = mapped_column(String(80), nullable=False, unique=True)
+    event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    #: The event as received, JSON-encoded with ASCII escapes (NUL bytes and lone surrogates
+    #: survive this way; PostgreSQL text and jsonb refuse them raw).
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    error: Mapped[str] = mapped_column(Text, nullable=False)
+    field: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    last_attempt_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageMonthlyRollup(Base):
+    """Per tenant and UTC month: the spec's monthly query, kept ready by Beat."""
+
+    __tablename__ = "ai_usage_monthly_rollups"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    api_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: NUMERIC: the exact sum of the rows' float costs, independent of summation order.
+    total_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    failed_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    computed_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageRollupDirty(Base):
+    """Tenant-months whose log rows changed since the last rollup; filled by a statement trigger
+    on ai_usage_logs, so writes from any producer (or a manual DELETE) are seen."""
+
+    __tablename__ = "ai_usage_rollup_dirty"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+
+
+class AIUsageRollupState(Base):
+    """One row: when the last rollup finished, for `ai-usage check`."""
+
+    __tablename__ = "ai_usage_rollup_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_success_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    months_recomputed: Mapped[int] = mapped_column(Integer, nullable=False)

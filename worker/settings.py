@@ -1,0 +1,135 @@
+"""Runtime settings, read from the environment (and `.env`) once per process, on first use.
+
+Nothing here connects to anything. Every setting is listed in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+#: The queue every ai_usage task is routed to. Part of the public contract.
+QUEUE = "ai_usage"
+
+
+class Settings(BaseSettings):
+    """All settings of the worker, beat, CLI and client."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    celery_broker_url: str | None = Field(None, validation_alias="CELERY_BROKER_URL")
+
+    #: Seconds before Redis hands an unacknowledged message to another worker.
+    visibility_timeout: int = Field(300, ge=10, validation_alias="AI_USAGE_VISIBILITY_TIMEOUT")
+    #: A worker batch is written when it holds this many events ...
+    batch_max_events: int = Field(
+        2000, ge=1, le=100_000, validation_alias="AI_USAGE_BATCH_MAX_EVENTS"
+    )
+    #: ... or this many bytes of message payload ...
+    batch_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, validation_alias="AI_USAGE_BATCH_MAX_BYTES"
+    )
+    #: ... or when its oldest message has waited this long.
+    batch_max_wait_ms: int = Field(
+        250, ge=1, le=60_000, validation_alias="AI_USAGE_BATCH_MAX_WAIT_MS"
+    )
+    #: Longest pause between two attempts to write while the database is down.
+    db_retry_max_s: float = Field(10.0, gt=0, validation_alias="AI_USAGE_DB_RETRY_MAX_S")
+    #: Seconds between two Beat runs of ai_usage.rollup_monthly.
+    rollup_interval_s: float = Field(300.0, ge=1, validation_alias="AI_USAGE_ROLLUP_INTERVAL_S")
+    #: JSON file of operator price overrides (see README, Pricing). Empty: none.
+    price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
+    #: Port of the Prometheus endpoint served by worker and beat; 0 turns it off.
+    metrics_port: int = Field(0, ge=0, le=65535, validation_alias="AI_USAGE_METRICS_PORT")
+    log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("AI_USAGE_LOG_LEVEL", "LOG_LEVEL")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return normalise_database_url(value)
+
+    @field_validator("redis_url", "celery_broker_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "redis+socket"):
+            raise ValueError(f"expected a redis:// or rediss:// URL, got scheme {scheme!r}")
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: CELERY_BROKER_URL if set, else REDIS_URL."""
+        url = self.celery_broker_url or self.redis_url
+        if not url:
+            raise ConfigError("REDIS_URL is not set (nor CELERY_BROKER_URL): the broker is unknown")
+        return url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, with the psycopg2 driver named."""
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set")
+        return self.database_url
+
+
+def normalise_database_url(value: str) -> str:
+    """Accept `postgres://` and `postgresql://` URLs and name the psycopg2 driver."""
+    parts = urlsplit(value)
+    scheme = parts.scheme
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg2"):
+        return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
+    raise ValueError(f"expected a postgres:// or postgresql:// URL, got scheme {scheme!r}")
+
+
+_ALIASES = {
+    name: (field.validation_alias if isinstance(field.validation_alias, str) else name.upper())
+    for name, field in Settings.model_fields.items()
+}
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = str(first["loc"][0]) if first["loc"] else "?"
+    variable = _ALIASES.get(loc, loc.upper())
+    return f"{variable}: {first['msg']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, raising ConfigError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return load_settings()
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password replaced by `***`, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))

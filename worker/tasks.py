@@ -1,0 +1,130 @@
+"""Celery tasks (thin: the logic is in worker.ingest, worker.batcher and worker.rollups).
+
+`ai_usage.record` (one event as kwargs) and `ai_usage.record_batch` (one list of events) are
+not run one message at a time: their strategy hands each message to the consumer's Batcher,
+which writes many messages per transaction and acknowledges each after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu.exceptions import ContentDisallowed
+
+from worker.batcher import Batcher
+from worker.celery_app import app
+from worker.db import get_engine
+from worker.ingest import WriteResult, write_batch
+from worker.pricing import default_pricer
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+RECORD = "ai_usage.record"
+RECORD_BATCH = "ai_usage.record_batch"
+
+
+def _write(payloads: list[Any]) -> WriteResult:
+    return write_batch(get_engine(), payloads, default_pricer())
+
+
+def _consumer_batcher(consumer: Any) -> Batcher:
+    """One Batcher per worker consumer, shared by both ingest tasks, ticked by its timer."""
+    batcher: Batcher | None = getattr(consumer, "_ai_usage_batcher", None)
+    if batcher is None:
+        s = get_settings()
+        batcher = Batcher(
+            _write,
+            max_events=s.batch_max_events,
+            max_bytes=s.batch_max_bytes,
+            max_wait_s=s.batch_max_wait_ms / 1000,
+            retry_max_s=s.db_retry_max_s,
+        )
+        consumer._ai_usage_batcher = batcher
+        consumer.timer.call_repeatedly(max(0.01, s.batch_max_wait_ms / 4000), batcher.tick)
+    return batcher
+
+
+def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
+    """The events a message carries. A malformed message becomes one (invalid) event, so that
+    it is dead-lettered with its reason rather than dropped."""
+    if task_name == RECORD:
+        if args:
+            return [
+                {
+                    "__invalid_message__": "ai_usage.record takes the event as keyword arguments",
+                    "args": args,
+                    "kwargs": kwargs,
+                }
+            ]
+        return [kwargs]
+    if (
+        isinstance(args, list | tuple)
+        and len(args) == 1
+        and isinstance(args[0], list)
+        and (not kwargs)
+    ):
+        return list(args[0])
+    return [
+        {
+            "__invalid_message__": "ai_usage.record_batch takes one positional list of events",
+            "args": args,
+            "kwargs": kwargs,
+        }
+    ]
+
+
+def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
+    """Celery strategy: buffer the message in the Batcher instead of running the task."""
+    batcher = _consumer_batcher(consumer)
+    name = task.name
+    errors = consumer.connection_errors
+
+    def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
+        if message.content_type != "application/json":
+            # Checked before decoding: a pickle body is never deserialised.
+            raise ContentDisallowed(f"refusing content type {message.content_type!r}")
+        decoded = message.decode()
+        if isinstance(decoded, dict) and "args" in decoded:  # protocol 1
+            args, kwargs = decoded.get("args", ()), decoded.get("kwargs", {})
+        else:
+            args, kwargs, _embed = decoded
+        events = events_of(name, args, kwargs)
+        batcher.add(events, len(message.body), lambda: ack(log, errors))
+
+    return handler
+
+
+class BatchedTask(app.Task):  # type: ignore[misc]
+    Strategy = "worker.tasks:batching_strategy"
+
+
+@app.task(name=RECORD, base=BatchedTask, bind=True)
+def record(self: Any, **event: Any) -> dict[str, int]:
+    """Store one usage event (kwargs). Run directly (not via the worker), it writes at once."""
+    return _summary(_write([event]))
+
+
+@app.task(name=RECORD_BATCH, base=BatchedTask, bind=True)
+def record_batch(self: Any, events: list[Any]) -> dict[str, int]:
+    """Store a list of usage events. Run directly (not via the worker), it writes at once."""
+    return _summary(_write(list(events)))
+
+
+@app.task(name="ai_usage.rollup_monthly", acks_late=True)
+def rollup_monthly() -> dict[str, Any]:
+    """Recompute the current month and every month with changed rows (Beat, every 5 min)."""
+    from worker.rollups import run_rollup
+
+    return run_rollup(get_engine()).as_dict()
+
+
+def _summary(result: WriteResult) -> dict[str, int]:
+    return {
+        "received": result.received,
+        "inserted": result.inserted,
+        "duplicates": result.duplicates,
+        "dead_lettered": result.dead_lettered,
+        "unpriced": result.unpriced,
+    }
