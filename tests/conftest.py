@@ -1,0 +1,249 @@
+"""Test infrastructure: real PostgreSQL and Redis, one throwaway database and Redis db number per
+run, dropped at the end. TEST_DATABASE_URL / TEST_REDIS_URL name servers to use; without them,
+embedded servers are started under a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, text
+
+from alembic import command
+from alembic.config import Config
+from worker import settings as settings_mod
+from worker.db import dispose_engine
+from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CELERY = str(VENV_BIN / "celery")
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg.set_main_option("sqlalchemy.url", settings_mod.normalise_database_url(url))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="aiu-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_root: Path) -> Iterator[str]:
+    """URL of a PostgreSQL server (any database on it); embedded unless TEST_DATABASE_URL."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_root / "pg").start()
+    yield server.url
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_root: Path) -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedRedis(tmp_root / "redis").start()
+    yield server.url
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: str) -> Iterator[str]:
+    """A database of its own for this run, migrated to head, dropped at the end."""
+    name = f"aiu_test_{secrets.token_hex(4)}"
+    admin = create_engine(
+        settings_mod.normalise_database_url(with_database(pg_server, "postgres")),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = with_database(pg_server, name)
+    command.upgrade(alembic_config(url), "head")
+    yield url
+    dispose_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A Redis db number of its own (empty at the start), flushed at the end."""
+    base = urlsplit(redis_server)
+    chosen = None
+    for _ in range(50):
+        n = secrets.randbelow(15) + 1
+        url = urlunsplit(base._replace(path=f"/{n}"))
+        client = redis.Redis.from_url(url)
+        # SET NX on a marker claims the db for this run even if another run looks at once.
+        if client.dbsize() == 0 and client.set("aiu-test-claim", "1", nx=True):
+            client.delete("aiu-test-claim")
+            chosen = url
+            client.close()
+            break
+        client.close()
+    assert chosen, "no empty Redis db number found"
+    yield chosen
+    client = redis.Redis.from_url(chosen)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _environment(database_url: str, redis_url: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["REDIS_URL"] = redis_url
+    os.environ.pop("CELERY_BROKER_URL", None)
+    settings_mod.get_settings.cache_clear()
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    settings_mod.get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = create_engine(settings_mod.normalise_database_url(database_url))
+    yield eng
+    eng.dispose()
+
+
+TABLES = (
+    "ai_usage_logs", "ai_usage_dead_letters", "ai_usage_monthly_rollups", "ai_usage_rollup_dirty",
+    "ai_usage_rollup_state", "leads", "assessments", "users", "tenants",
+)
+
+
+@pytest.fixture
+def db(engine: Engine, redis_url: str) -> Iterator[Engine]:
+    """The test database, emptied before the test (and the Redis db with it)."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    yield engine
+
+
+def make_tenant(engine: Engine, name: str = "tenant") -> uuid.UUID:
+    with engine.begin() as conn:
+        return uuid.UUID(
+            str(conn.execute(text("INSERT INTO tenants (name) VALUES (:n) RETURNING id"), {"n": name}).scalar_one())
+        )
+
+
+@pytest.fixture
+def tenant(db: Engine) -> uuid.UUID:
+    return make_tenant(db)
+
+
+def count_rows(engine: Engine, table: str = "ai_usage_logs", where: str = "true") -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}")).scalar_one())
+
+
+@dataclass
+class WorkerProcess:
+    """A real `celery -A worker.celery_app worker` subprocess."""
+
+    env: dict[str, str]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [CELERY, "-A", "worker.celery_app", "worker", "-Q", "ai_usage", "--pool", "prefork",
+             "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+             "--hostname", f"test-{secrets.token_hex(3)}@%h", *self.args],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: b"ready." in self.log_path.read_bytes()[offset:] or self.proc.poll() is not None,
+                 timeout, what="worker ready")
+        assert self.proc.poll() is None, self.log()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (main process and pool children)."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(30)
+            self.proc = None
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), SIGKILL after 30 s."""
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, 15)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker subprocesses (stopped at teardown); `env` adds or overrides variables."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str] | None = None, args: list[str] | None = None) -> WorkerProcess:
+        full = {**os.environ, "AI_USAGE_BATCH_MAX_WAIT_MS": "100", **(env or {})}
+        wp = WorkerProcess(full, tmp_path / f"worker-{len(started)}.log", args or [])
+        started.append(wp)
+        return wp.start()
+
+    yield start
+    for wp in started:
+        wp.stop()
