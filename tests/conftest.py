@@ -20,10 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
-from alembic.config import Config
 from worker import settings as settings_mod
 from worker.db import dispose_engine
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -46,7 +46,9 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -153,8 +155,15 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 TABLES = (
-    "ai_usage_logs", "ai_usage_dead_letters", "ai_usage_monthly_rollups", "ai_usage_rollup_dirty",
-    "ai_usage_rollup_state", "leads", "assessments", "users", "tenants",
+    "ai_usage_logs",
+    "ai_usage_dead_letters",
+    "ai_usage_monthly_rollups",
+    "ai_usage_rollup_dirty",
+    "ai_usage_rollup_state",
+    "leads",
+    "assessments",
+    "users",
+    "tenants",
 )
 
 
@@ -172,7 +181,11 @@ def db(engine: Engine, redis_url: str) -> Iterator[Engine]:
 def make_tenant(engine: Engine, name: str = "tenant") -> uuid.UUID:
     with engine.begin() as conn:
         return uuid.UUID(
-            str(conn.execute(text("INSERT INTO tenants (name) VALUES (:n) RETURNING id"), {"n": name}).scalar_one())
+            str(
+                conn.execute(
+                    text("INSERT INTO tenants (name) VALUES (:n) RETURNING id"), {"n": name}
+                ).scalar_one()
+            )
         )
 
 
@@ -199,14 +212,38 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [CELERY, "-A", "worker.celery_app", "worker", "-Q", "ai_usage", "--pool", "prefork",
-             "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO",
-             "--hostname", f"test-{secrets.token_hex(3)}@%h", *self.args],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                CELERY,
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                "ai_usage",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"test-{secrets.token_hex(3)}@%h",
+                *self.args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: b"ready." in self.log_path.read_bytes()[offset:] or self.proc.poll() is not None,
-                 timeout, what="worker ready")
+        wait_for(
+            lambda: (
+                b"ready." in self.log_path.read_bytes()[offset:] or self.proc.poll() is not None
+            ),
+            timeout,
+            what="worker ready",
+        )
         assert self.proc.poll() is None, self.log()
         return self
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from alembic import command
-from alembic.script import ScriptDirectory
 from tests.conftest import ROOT, alembic_config, with_database
 from worker.settings import normalise_database_url
 
@@ -51,8 +51,9 @@ ORDER BY total_cost_usd DESC;
 def scratch(pg_server: str) -> Iterator[tuple[str, Engine]]:
     """An empty database of its own (the migration tests move it up and down)."""
     name = f"aiu_mig_{secrets.token_hex(4)}"
-    admin = create_engine(normalise_database_url(with_database(pg_server, "postgres")),
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        normalise_database_url(with_database(pg_server, "postgres")), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = with_database(pg_server, name)
@@ -70,17 +71,17 @@ def schema_snapshot(engine: Engine) -> dict[str, object]:
         rows = {}
         for label, sql in {
             "columns": "SELECT table_name, column_name, data_type, character_maximum_length,"
-                       " is_nullable, column_default FROM information_schema.columns"
-                       " WHERE table_schema = 'public' ORDER BY 1, 2",
+            " is_nullable, column_default FROM information_schema.columns"
+            " WHERE table_schema = 'public' ORDER BY 1, 2",
             "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes"
-                       " WHERE schemaname = 'public' ORDER BY 1, 2",
+            " WHERE schemaname = 'public' ORDER BY 1, 2",
             "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
-                           " FROM pg_constraint WHERE connamespace = 'public'::regnamespace"
-                           " ORDER BY 1, 2",
+            " FROM pg_constraint WHERE connamespace = 'public'::regnamespace"
+            " ORDER BY 1, 2",
             "triggers": "SELECT event_object_table, trigger_name, event_manipulation, action_statement"
-                        " FROM information_schema.triggers ORDER BY 1, 2, 3",
+            " FROM information_schema.triggers ORDER BY 1, 2, 3",
             "functions": "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-                         " ORDER BY 1",
+            " ORDER BY 1",
         }.items():
             rows[label] = [tuple(r) for r in conn.execute(text(sql))]
         return rows
@@ -104,12 +105,19 @@ def test_ai_usage_logs_matches_the_guide(scratch: tuple[str, Engine]) -> None:
     insp = inspect(engine)
     cols = {c["name"]: c for c in insp.get_columns("ai_usage_logs")}
     expected = {
-        "id": ("UUID", False), "tenant_id": ("UUID", False), "user_id": ("UUID", True),
-        "operation": ("VARCHAR(100)", False), "model": ("VARCHAR(100)", False),
-        "input_tokens": ("INTEGER", False), "output_tokens": ("INTEGER", False),
-        "total_tokens": ("INTEGER", False), "cost_usd": ("DOUBLE PRECISION", True),
-        "assessment_id": ("UUID", True), "lead_id": ("UUID", True),
-        "duration_ms": ("INTEGER", True), "success": ("VARCHAR(20)", False),
+        "id": ("UUID", False),
+        "tenant_id": ("UUID", False),
+        "user_id": ("UUID", True),
+        "operation": ("VARCHAR(100)", False),
+        "model": ("VARCHAR(100)", False),
+        "input_tokens": ("INTEGER", False),
+        "output_tokens": ("INTEGER", False),
+        "total_tokens": ("INTEGER", False),
+        "cost_usd": ("DOUBLE PRECISION", True),
+        "assessment_id": ("UUID", True),
+        "lead_id": ("UUID", True),
+        "duration_ms": ("INTEGER", True),
+        "success": ("VARCHAR(20)", False),
         "created_at": ("TIMESTAMP", False),
     }
     assert set(cols) == set(expected)
@@ -128,8 +136,11 @@ def test_ai_usage_logs_matches_the_guide(scratch: tuple[str, Engine]) -> None:
         "idx_ai_usage_logs_tenant_created": ["tenant_id", "created_at"],
     }
     fks = {
-        fk["constrained_columns"][0]: (fk["referred_table"], fk["referred_columns"],
-                                       fk["options"].get("ondelete"))
+        fk["constrained_columns"][0]: (
+            fk["referred_table"],
+            fk["referred_columns"],
+            fk["options"].get("ondelete"),
+        )
         for fk in insp.get_foreign_keys("ai_usage_logs")
     }
     assert fks == {
@@ -162,9 +173,15 @@ def test_downgrade_removes_exactly_what_upgrade_made(scratch: tuple[str, Engine]
     assert schema_snapshot(engine) == at_ga
     command.downgrade(cfg, "base")
     with engine.connect() as conn:
-        assert conn.execute(text(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
-            " AND table_name <> 'alembic_version'")).scalar_one() == 0
+        assert (
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+                    " AND table_name <> 'alembic_version'"
+                )
+            ).scalar_one()
+            == 0
+        )
 
 
 def test_host_database_at_ga_revision_upgrades_with_later_revisions_only(
@@ -174,13 +191,19 @@ def test_host_database_at_ga_revision_upgrades_with_later_revisions_only(
     cfg = alembic_config(url)
     command.upgrade(cfg, "a1b2c3d4e5f6")
     with engine.begin() as conn:
-        tenant = conn.execute(text(
-            "INSERT INTO tenants (name, ga_measurement_id) VALUES ('host', 'G-ABC123') RETURNING id"
-        )).scalar_one()
+        tenant = conn.execute(
+            text(
+                "INSERT INTO tenants (name, ga_measurement_id) VALUES ('host', 'G-ABC123') RETURNING id"
+            )
+        ).scalar_one()
     command.upgrade(cfg, "head")
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT ga_measurement_id FROM tenants WHERE id = :t"),
-                            {"t": tenant}).scalar_one() == "G-ABC123"
+        assert (
+            conn.execute(
+                text("SELECT ga_measurement_id FROM tenants WHERE id = :t"), {"t": tenant}
+            ).scalar_one()
+            == "G-ABC123"
+        )
 
 
 def test_models_match_migrations(scratch: tuple[str, Engine]) -> None:
@@ -211,23 +234,35 @@ def test_guide_sql_is_quoted_from_the_guide() -> None:
         assert sql.strip() in guide
 
 
-@pytest.mark.parametrize("parent,column", [
-    ("users", "user_id"), ("assessments", "assessment_id"), ("leads", "lead_id"),
-])
-def test_deleting_a_parent_keeps_the_log_row(db: Engine, tenant: uuid.UUID, parent: str,
-                                             column: str) -> None:
+@pytest.mark.parametrize(
+    "parent,column",
+    [
+        ("users", "user_id"),
+        ("assessments", "assessment_id"),
+        ("leads", "lead_id"),
+    ],
+)
+def test_deleting_a_parent_keeps_the_log_row(
+    db: Engine, tenant: uuid.UUID, parent: str, column: str
+) -> None:
     with db.begin() as conn:
-        parent_id = conn.execute(text(
-            f"INSERT INTO {parent} (tenant_id, name) VALUES (:t, 'p') RETURNING id"), {"t": tenant}
+        parent_id = conn.execute(
+            text(f"INSERT INTO {parent} (tenant_id, name) VALUES (:t, 'p') RETURNING id"),
+            {"t": tenant},
         ).scalar_one()
         log_id = uuid.uuid4()
-        conn.execute(text(
-            f"INSERT INTO ai_usage_logs (id, tenant_id, {column}, operation, model, input_tokens,"
-            " output_tokens, total_tokens, success) VALUES (:id, :t, :p, 'op', 'm', 1, 1, 2,"
-            " 'success')"), {"id": log_id, "t": tenant, "p": parent_id})
+        conn.execute(
+            text(
+                f"INSERT INTO ai_usage_logs (id, tenant_id, {column}, operation, model, input_tokens,"
+                " output_tokens, total_tokens, success) VALUES (:id, :t, :p, 'op', 'm', 1, 1, 2,"
+                " 'success')"
+            ),
+            {"id": log_id, "t": tenant, "p": parent_id},
+        )
         conn.execute(text(f"DELETE FROM {parent} WHERE id = :p"), {"p": parent_id})
-        value = conn.execute(text(f"SELECT {column} FROM ai_usage_logs WHERE id = :id"),
-                             {"id": log_id}).scalar_one()
+        value = conn.execute(
+            text(f"SELECT {column} FROM ai_usage_logs WHERE id = :id"), {"id": log_id}
+        ).scalar_one()
     assert value is None
 
 

@@ -95,7 +95,7 @@ class Batcher:
             try:
                 result = self._write(payloads)
             except Exception as exc:
-                self._pending.extendleft(reversed(taken))  # put back in order; nothing is acked
+                self._put_back(taken)
                 self._failures += 1
                 delay = min(self.retry_max_s, 0.5 * 2 ** (self._failures - 1))
                 self._retry_at = self._clock() + delay
@@ -137,6 +137,13 @@ class Batcher:
                 },
             )
         return True
+
+    def _put_back(self, taken: list[Pending]) -> None:
+        """Return messages to the front, in order; none of them is acknowledged."""
+        self._pending.extendleft(reversed(taken))
+        self._events += sum(len(p.events) for p in taken)
+        self._bytes += sum(p.size for p in taken)
+        self._oldest = self._clock()
 
     def _take(self) -> list[Pending]:
         """Remove whole messages from the front, up to the caps (at least one message)."""

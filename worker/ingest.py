@@ -88,6 +88,15 @@ class DeadLetter:
 
 
 @dataclass
+class MalformedMessage:
+    """Stands in a batch for a message whose shape is wrong (not for one bad event): it is
+    dead-lettered with `error`, its arguments kept as the payload."""
+
+    error: str
+    payload: Any
+
+
+@dataclass
 class WriteResult:
     """What became of each event of a batch."""
 
@@ -163,6 +172,9 @@ def prepare(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> lis
     unknown_models: set[str] = set()
     for payload in payloads:
         result.received += 1
+        if isinstance(payload, MalformedMessage):
+            result.dead_letters.append(DeadLetter(payload.payload, payload.error, "message"))
+            continue
         try:
             event = parse_event(payload)
         except InvalidEvent as exc:

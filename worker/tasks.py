@@ -15,7 +15,7 @@ from kombu.exceptions import ContentDisallowed
 from worker.batcher import Batcher
 from worker.celery_app import app
 from worker.db import get_engine
-from worker.ingest import WriteResult, write_batch
+from worker.ingest import MalformedMessage, WriteResult, write_batch
 from worker.pricing import default_pricer
 from worker.settings import get_settings
 
@@ -47,16 +47,16 @@ def _consumer_batcher(consumer: Any) -> Batcher:
 
 
 def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
-    """The events a message carries. A malformed message becomes one (invalid) event, so that
-    it is dead-lettered with its reason rather than dropped."""
+    """The events a message carries. A malformed message becomes a MalformedMessage, so that it
+    is dead-lettered with its reason rather than dropped."""
     if task_name == RECORD:
         if args:
             return [
-                {
-                    "__invalid_message__": "ai_usage.record takes the event as keyword arguments",
-                    "args": args,
-                    "kwargs": kwargs,
-                }
+                MalformedMessage(
+                    "message: ai_usage.record takes the event as keyword arguments, got positional"
+                    " arguments",
+                    {"args": args, "kwargs": kwargs},
+                )
             ]
         return [kwargs]
     if (
@@ -67,11 +67,10 @@ def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
     ):
         return list(args[0])
     return [
-        {
-            "__invalid_message__": "ai_usage.record_batch takes one positional list of events",
-            "args": args,
-            "kwargs": kwargs,
-        }
+        MalformedMessage(
+            "message: ai_usage.record_batch takes one positional list of events",
+            {"args": args, "kwargs": kwargs},
+        )
     ]
 
 

@@ -1,0 +1,203 @@
+"""The Python client's buffer, publishing and helpers. Redis is a fakeredis server that can be
+switched off, so "broker down" is real to the client's publishing code."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import fakeredis
+import pytest
+from prometheus_client import CollectorRegistry
+
+from worker.client import UsageClient, extract_usage
+from worker.errors import InvalidEvent
+
+TENANT = str(uuid.uuid4())
+
+
+class FakeBroker:
+    """Publishes like Celery would (LPUSH of the message) to a fakeredis server."""
+
+    def __init__(self) -> None:
+        self.server = fakeredis.FakeServer()
+        self.redis = fakeredis.FakeRedis(server=self.server)
+
+    def publish(self, task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.redis.lpush("ai_usage", json.dumps({"task": task, "args": args, "kwargs": kwargs}))
+
+    def down(self) -> None:
+        self.server.connected = False
+
+    def up(self) -> None:
+        self.server.connected = True
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for raw in self.redis.lrange("ai_usage", 0, -1):
+            msg = json.loads(raw)
+            out.extend(
+                msg["args"][0] if msg["task"] == "ai_usage.record_batch" else [msg["kwargs"]]
+            )
+        return out
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+def record(client: UsageClient, **over: Any) -> uuid.UUID:
+    fields: dict[str, Any] = {
+        "tenant_id": TENANT,
+        "operation": "op",
+        "model": "gpt-4o",
+        "input_tokens": 3,
+        "output_tokens": 4,
+    }
+    fields.update(over)
+    return client.record(**fields)
+
+
+def test_background_batches_and_publishes_every_event(broker: FakeBroker) -> None:
+    client = UsageClient(publisher=broker.publish, batch_size=10, flush_interval_ms=20)
+    ids = {record(client) for _ in range(35)}
+    assert client.flush(5)
+    events = broker.events()
+    assert {uuid.UUID(e["id"]) for e in events} == ids and len(events) == 35
+    assert all(e["total_tokens"] == 7 and e["success"] == "success" for e in events)
+    assert client.close(1)
+
+
+def test_overflow_drops_and_counts_each_event(broker: FakeBroker) -> None:
+    broker.down()
+    registry = CollectorRegistry()
+    client = UsageClient(
+        publisher=broker.publish,
+        max_queue=10,
+        batch_size=1000,
+        flush_interval_ms=60_000,
+        registry=registry,
+    )
+    for _ in range(25):
+        record(client)
+    assert client.dropped == 15
+    assert client.pending() == 10
+    assert registry.get_sample_value("ai_usage_client_events_dropped_total") == 15
+    assert registry.get_sample_value("ai_usage_client_buffer_depth") == 10
+    client.close(0.1)
+
+
+def test_broker_down_then_up_delivers_the_buffer(broker: FakeBroker) -> None:
+    broker.down()
+    client = UsageClient(
+        publisher=broker.publish, batch_size=20, flush_interval_ms=10, retry_max_s=0.05
+    )
+    ids = {record(client) for _ in range(50)}
+    assert not client.flush(0.3)  # the deadline holds while the broker is down
+    assert client.publish_failures > 0 and client.dropped == 0
+    broker.up()
+    assert client.flush(5)
+    assert {uuid.UUID(e["id"]) for e in broker.events()} == ids
+    assert len(broker.events()) == 50
+
+
+def test_flush_and_close_respect_their_deadline(broker: FakeBroker) -> None:
+    broker.down()
+    client = UsageClient(
+        publisher=broker.publish, batch_size=5, flush_interval_ms=10, retry_max_s=0.05
+    )
+    for _ in range(12):
+        record(client)
+    started = time.monotonic()
+    assert client.flush(0.2) is False
+    assert client.close(0.2) is False
+    assert time.monotonic() - started < 3
+    assert client.dropped == 12  # counted, and logged, never silent
+
+
+def test_publish_errors_never_reach_the_caller() -> None:
+    def boom(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        raise ConnectionError("broker down")
+
+    client = UsageClient(publisher=boom, batch_size=1, flush_interval_ms=1, retry_max_s=0.01)
+    for _ in range(20):
+        record(client)
+    time.sleep(0.05)
+    record(client)
+    client.close(0.05)
+
+
+def test_sync_mode_publishes_one_record_message_and_raises_broker_errors(
+    broker: FakeBroker,
+) -> None:
+    client = UsageClient(publisher=broker.publish, mode="sync")
+    event_id = record(client, cost_usd=0.25)
+    (raw,) = broker.redis.lrange("ai_usage", 0, -1)
+    msg = json.loads(raw)
+    assert msg["task"] == "ai_usage.record" and msg["args"] == []
+    assert msg["kwargs"]["id"] == str(event_id) and msg["kwargs"]["cost_usd"] == 0.25
+    broker.down()
+    with pytest.raises(Exception):
+        record(client)
+
+
+def test_invalid_input_raises_at_the_call_site_naming_the_field(broker: FakeBroker) -> None:
+    client = UsageClient(publisher=broker.publish)
+    with pytest.raises(InvalidEvent, match="^input_tokens: "):
+        record(client, input_tokens=-1)
+    with pytest.raises(InvalidEvent, match="^tenant_id: "):
+        record(client, tenant_id="nope")
+    with pytest.raises(InvalidEvent, match="^total_tokens: "):
+        record(client, total_tokens=1)
+    assert client.pending() == 0
+    client.close(0.1)
+
+
+def test_extract_usage_from_sdk_shapes() -> None:
+    anthropic = SimpleNamespace(
+        model="claude-3-5-sonnet-20241022", usage=SimpleNamespace(input_tokens=11, output_tokens=22)
+    )
+    chat = SimpleNamespace(
+        usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6, total_tokens=11)
+    )
+    responses = {"usage": {"input_tokens": 7, "output_tokens": 8}}
+    assert extract_usage(anthropic) == (11, 22)
+    assert extract_usage(chat) == (5, 6)
+    assert extract_usage(responses) == (7, 8)
+    assert extract_usage(SimpleNamespace()) is None
+
+
+def test_track_usage_times_and_records_failures(broker: FakeBroker) -> None:
+    client = UsageClient(publisher=broker.publish, mode="sync")
+    with client.track_usage(tenant_id=TENANT, operation="summarise") as call:
+        time.sleep(0.01)
+        call.response(
+            SimpleNamespace(
+                model="gpt-4o", usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6)
+            )
+        )
+    with (
+        pytest.raises(RuntimeError),
+        client.track_usage(tenant_id=TENANT, operation="summarise", model="gpt-4o"),
+    ):
+        raise RuntimeError("provider timeout")
+
+    @client.track(tenant_id=TENANT, operation="draft")
+    def ask() -> Any:
+        return SimpleNamespace(
+            model="claude-3-5-haiku-20241022",
+            usage=SimpleNamespace(input_tokens=1, output_tokens=2),
+        )
+
+    ask()
+    ok, failed, decorated = sorted(broker.events(), key=lambda e: e["operation"] + e["success"])[
+        ::-1
+    ]
+    assert ok["success"] == "success" and ok["input_tokens"] == 5 and ok["duration_ms"] >= 10
+    assert ok["model"] == "gpt-4o"
+    assert failed["success"] == "failure" and failed["input_tokens"] == 0
+    assert decorated["operation"] == "draft" and decorated["output_tokens"] == 2

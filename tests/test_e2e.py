@@ -1,0 +1,174 @@
+"""End to end: real Redis, real PostgreSQL, a real `celery -A worker.celery_app worker` process,
+and producers that know nothing of this package but the task names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import Engine, text
+
+from tests.conftest import WorkerProcess, count_rows, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[Celery]:
+    """A plain Celery producer, configured as any other service would be."""
+    app = Celery("some-other-service", broker=redis_url, set_as_current=False)
+    app.conf.task_serializer = "json"
+    yield app
+    app.close()
+
+
+def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "tenant_id": str(tenant),
+        "operation": "analyze_lead_insights",
+        "model": "claude-3-5-sonnet-20241022",
+        "input_tokens": 120,
+        "output_tokens": 80,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    e.update(over)
+    return e
+
+
+def landed(engine: Engine, ids: list[str]) -> tuple[int, int]:
+    with engine.connect() as conn:
+        total, distinct = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT id) FROM ai_usage_logs"
+                " WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids},
+        ).one()
+    return int(total), int(distinct)
+
+
+def send_record(app: Celery, e: dict[str, Any]) -> None:
+    app.send_task("ai_usage.record", kwargs=e, queue="ai_usage")
+
+
+def test_events_sent_by_name_land_exactly_once(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    singles = [event(tenant) for _ in range(50)]
+    batch = [event(tenant, success=False) for _ in range(200)]
+    for e in singles:
+        send_record(producer, e)
+    send_record(producer, singles[0])  # sent twice: lands once
+    producer.send_task("ai_usage.record_batch", args=[batch], queue="ai_usage")
+    producer.send_task("ai_usage.record_batch", args=[batch[:20]], queue="ai_usage")
+    ids = [e["id"] for e in singles + batch]
+    wait_for(lambda: landed(db, ids)[0] == 250, 60, what="250 rows")
+    wait_for(lambda: redis.Redis.from_url(producer.conf.broker_url).llen("ai_usage") == 0, 30)
+    assert landed(db, ids) == (250, 250)
+    assert count_rows(db) == 250
+    assert count_rows(db, where="success = 'failure'") == 200
+    assert count_rows(db, "ai_usage_dead_letters") == 0
+
+
+def test_invalid_events_are_dead_lettered_and_neighbours_land(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker()
+    good = [event(tenant) for _ in range(30)]
+    bad = [
+        event(tenant, input_tokens=-1),
+        event(tenant, total_tokens=1),
+        event(uuid.uuid4()),  # unknown tenant: the database refuses it
+        event(tenant, model="x" * 300),
+        event(tenant, created_at="2999-01-01T00:00:00Z"),
+        event(tenant, colour="red"),
+    ]
+    producer.send_task(
+        "ai_usage.record_batch", args=[good[:15] + bad + good[15:]], queue="ai_usage"
+    )
+    producer.send_task("ai_usage.record_batch", args=["not a list"], queue="ai_usage")
+    wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == 7, 60, what="7 dead letters")
+    assert landed(db, [e["id"] for e in good]) == (30, 30)
+    with db.connect() as conn:
+        reasons = dict(
+            conn.execute(
+                text(
+                    "SELECT event_id::text, error FROM ai_usage_dead_letters WHERE event_id IS NOT NULL"
+                )
+            ).all()
+        )
+        malformed = conn.execute(
+            text("SELECT error FROM ai_usage_dead_letters WHERE event_id IS NULL")
+        ).scalar_one()
+    assert reasons[bad[0]["id"]].startswith("input_tokens: ")
+    assert reasons[bad[1]["id"]].startswith("total_tokens: ")
+    assert reasons[bad[2]["id"]].startswith("tenant_id: ")
+    assert reasons[bad[3]["id"]].startswith("model: ")
+    assert reasons[bad[4]["id"]].startswith("created_at: ")
+    assert reasons[bad[5]["id"]].startswith("colour: ")
+    assert "record_batch takes one positional list" in malformed
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_pricing_in_the_worker(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    unknown = event(tenant, model="in-house-llm-v1")
+    before = event(
+        tenant, model="o3", input_tokens=1000, output_tokens=2000, created_at="2025-06-09T23:59:59Z"
+    )
+    after = event(
+        tenant, model="o3", input_tokens=1000, output_tokens=2000, created_at="2025-06-10T00:00:01Z"
+    )
+    for e in (unknown, before, after):
+        send_record(producer, e)
+    wait_for(lambda: count_rows(db) == 3, 60)
+    with db.connect() as conn:
+        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+    assert costs[unknown["id"]] is None
+    assert costs[before["id"]] == pytest.approx(0.09, abs=1e-12)
+    assert costs[after["id"]] == pytest.approx(0.018, abs=1e-12)
+
+
+def test_kill_9_while_a_batch_is_in_flight(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    short = {"AI_USAGE_VISIBILITY_TIMEOUT": "10"}
+    # A batch that waits a minute: every message is held, unacknowledged, when the kill comes.
+    worker = start_worker({**short, "AI_USAGE_BATCH_MAX_WAIT_MS": "60000"})
+    events = [event(tenant) for _ in range(300)]
+    for e in events[:100]:
+        send_record(producer, e)
+    producer.send_task("ai_usage.record_batch", args=[events[100:]], queue="ai_usage")
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.hlen("unacked") == 101, 30, what="messages held unacked")
+    worker.kill()
+    assert count_rows(db) == 0
+    assert client.hlen("unacked") == 101  # still in Redis: nothing was lost with the process
+    start_worker(short)
+    ids = [e["id"] for e in events]
+    wait_for(lambda: landed(db, ids)[0] == 300, 150, interval=0.5, what="redelivery")
+    wait_for(lambda: client.hlen("unacked") == 0, 30)
+    assert landed(db, ids) == (300, 300)
+    client.close()

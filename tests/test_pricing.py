@@ -1,0 +1,131 @@
+"""Pricing: the price in force at the call's time, overrides first, unknown models None."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from genai_prices import Usage, calc_price, data_snapshot
+
+from worker.errors import ConfigError
+from worker.pricing import Pricer, load_overrides
+
+UTC = dt.UTC
+
+
+def test_o3_price_change_on_2025_06_10() -> None:
+    p = Pricer()
+    before = dt.datetime(2025, 6, 9, 23, 59, tzinfo=UTC)
+    after = dt.datetime(2025, 6, 10, 0, 1, tzinfo=UTC)
+    usage = Usage(input_tokens=1000, output_tokens=2000)
+    expect_before = calc_price(usage, "o3", genai_request_timestamp=before).total_price
+    expect_after = calc_price(usage, "o3", genai_request_timestamp=after).total_price
+    assert expect_before != expect_after
+    assert p.price_decimal("o3", None, 1000, 2000, before) == expect_before
+    assert p.price_decimal("o3", None, 1000, 2000, after) == expect_after
+    # $10/$40 per MTok before, $2/$8 after.
+    assert expect_before == Decimal("0.09") and expect_after == Decimal("0.018")
+
+
+def test_unknown_model_is_none_never_zero() -> None:
+    assert Pricer().price("in-house-llm-v1", None, 1000, 1000, dt.datetime.now(UTC)) is None
+    assert not Pricer().is_known("in-house-llm-v1", None)
+
+
+def test_unknown_provider_hint_falls_back_to_model() -> None:
+    now = dt.datetime.now(UTC)
+    assert Pricer().price("gpt-4o", "no-such-provider", 10, 10, now) == Pricer().price(
+        "gpt-4o", None, 10, 10, now
+    )
+
+
+def test_fast_path_equals_genai_prices_for_every_model() -> None:
+    """The linear shortcut must give exactly genai-prices' own result."""
+    snapshot = data_snapshot.get_snapshot()
+    rng = random.Random(7)
+    p = Pricer()
+    when = dt.datetime(2025, 9, 1, tzinfo=UTC)
+    checked = 0
+    for provider in snapshot.providers:
+        for model in provider.models:
+            inp, out = rng.randint(0, 300_000), rng.randint(0, 50_000)
+            try:
+                expected = model.calc_price(
+                    Usage(input_tokens=inp, output_tokens=out),
+                    provider,
+                    genai_request_timestamp=when,
+                ).total_price
+            except Exception:
+                continue
+            from worker.pricing import _calc, _linear
+
+            mp = model.get_prices(when)
+            linear = _linear(mp)
+            got = (linear[0] + linear[1] * inp + linear[2] * out) if linear else _calc(mp, inp, out)
+            assert got == expected, (provider.id, model.id)
+            checked += 1
+    assert checked > 100
+
+
+def write_overrides(tmp_path: Path, entries: list[dict[str, object]]) -> str:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(entries))
+    return str(path)
+
+
+def test_overrides_come_first_by_effective_date(tmp_path: Path) -> None:
+    path = write_overrides(
+        tmp_path,
+        [
+            {
+                "model": "in-house-llm-v1",
+                "effective_from": "2025-01-01",
+                "input_per_mtok": 1,
+                "output_per_mtok": 2,
+            },
+            {
+                "model": "in-house-llm-v1",
+                "effective_from": "2025-07-01T00:00:00Z",
+                "input_per_mtok": "0.5",
+                "output_per_mtok": 1,
+            },
+            {
+                "model": "gpt-4o",
+                "provider": "azure",
+                "effective_from": "2024-01-01",
+                "input_per_mtok": 100,
+                "output_per_mtok": 100,
+            },
+        ],
+    )
+    p = Pricer(load_overrides(path))
+    assert (
+        p.price(
+            "in-house-llm-v1", None, 1_000_000, 1_000_000, dt.datetime(2024, 12, 31, tzinfo=UTC)
+        )
+        is None
+    )
+    assert (
+        p.price("in-house-llm-v1", None, 1_000_000, 1_000_000, dt.datetime(2025, 3, 1, tzinfo=UTC))
+        == 3.0
+    )
+    assert (
+        p.price("In-House-LLM-v1", None, 1_000_000, 1_000_000, dt.datetime(2025, 7, 2, tzinfo=UTC))
+        == 1.5
+    )
+    when = dt.datetime(2025, 3, 1, tzinfo=UTC)
+    assert p.price("gpt-4o", "azure", 1_000_000, 0, when) == 100.0
+    assert p.price("gpt-4o", "openai", 1_000_000, 0, when) == Pricer().price(
+        "gpt-4o", "openai", 1_000_000, 0, when
+    )
+
+
+def test_malformed_overrides_name_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^AI_USAGE_PRICE_OVERRIDES: entry 0"):
+        load_overrides(write_overrides(tmp_path, [{"model": "x"}]))
+    with pytest.raises(ConfigError, match="^AI_USAGE_PRICE_OVERRIDES: cannot read"):
+        load_overrides(str(tmp_path / "missing.json"))
