@@ -47,7 +47,6 @@ def test_fast_path_equals_genai_prices_for_every_model() -> None:
     """The linear shortcut must give exactly genai-prices' own result."""
     snapshot = data_snapshot.get_snapshot()
     rng = random.Random(7)
-    p = Pricer()
     when = dt.datetime(2025, 9, 1, tzinfo=UTC)
     checked = 0
     for provider in snapshot.providers:
