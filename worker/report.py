@@ -7,10 +7,11 @@ import datetime as dt
 import io
 import json
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 COLUMNS = (
     "tenant_id",
@@ -49,7 +50,9 @@ class Report:
     pending_tenants: int  # tenant-months changed since the last rollup
 
 
-def load_report(engine: Engine, month: dt.date, tenant: uuid.UUID | None = None) -> Report:
+def load_report(
+    engine: Engine | Connection, month: dt.date, tenant: uuid.UUID | None = None
+) -> Report:
     """The month's rollup rows, most expensive first (as the spec's query orders them)."""
     sql = (
         "SELECT r.tenant_id, t.name, r.api_calls, r.total_input_tokens, r.total_output_tokens,"
@@ -62,7 +65,8 @@ def load_report(engine: Engine, month: dt.date, tenant: uuid.UUID | None = None)
         sql += " AND r.tenant_id = :tenant"
         params["tenant"] = tenant
     sql += " ORDER BY r.total_cost_usd DESC NULLS LAST, r.tenant_id"
-    with engine.connect() as conn:
+    scope = nullcontext(engine) if isinstance(engine, Connection) else engine.connect()
+    with scope as conn:
         rows = [ReportRow(*r) for r in conn.execute(text(sql), params)]
         pending_sql = "SELECT count(*) FROM ai_usage_rollup_dirty WHERE month = :month"
         if tenant is not None:
