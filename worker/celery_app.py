@@ -21,6 +21,14 @@ def _setup_logging(**_: Any) -> None:
     configure_logging()
 
 
+@signals.celeryd_init.connect
+def _prune_metrics_dir(**_: Any) -> None:
+    # Multiprocess metric files of processes that no longer exist would be added in forever.
+    from worker.metrics import prune_dead_process_files
+
+    prune_dead_process_files()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # A pool child must not use the parent's database connections.
@@ -35,12 +43,3 @@ def _worker_ready(**_: Any) -> None:
     from worker.settings import get_settings
 
     serve(get_settings().metrics_port)
-
-
-@signals.beat_init.connect
-def _beat_init(**_: Any) -> None:
-    from worker.metrics import serve
-    from worker.settings import get_settings
-
-    port = get_settings().metrics_port
-    serve(port + 1 if port else 0)

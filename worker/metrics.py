@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker and beat.
+"""Prometheus metrics of the worker.
 
 Under the prefork pool set PROMETHEUS_MULTIPROC_DIR (the worker's `make run` and compose files
 do): prometheus-client then keeps each process's values in files there, and the endpoint
@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+# In multiprocess mode prometheus-client writes to this folder from the first metric on.
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _MULTIPROC_DIR:
+    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
+
+from prometheus_client import (  # noqa: E402 - after the folder exists
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 if TYPE_CHECKING:
     from worker.ingest import WriteResult
@@ -58,6 +70,16 @@ def record_write(result: WriteResult) -> None:
     EVENTS.labels("unpriced").inc(result.unpriced)
     BATCH_SIZE.observe(result.received)
     WRITE_SECONDS.observe(result.seconds)
+
+
+def prune_dead_process_files() -> None:
+    """Remove multiprocess files (`<kind>_<pid>.db`) of processes that are gone."""
+    if not _MULTIPROC_DIR:
+        return
+    for path in Path(_MULTIPROC_DIR).glob("*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
 
 
 def serve(port: int) -> None:
