@@ -52,3 +52,10 @@ beat_schedule = {
         "options": {"expires": _s.rollup_interval_s, "queue": QUEUE},
     }
 }
+
+if _s.beat_scheduler == "redbeat":
+    # Standby beats: only the holder of the Redis lock sends; another takes over within
+    # redbeat_lock_timeout if it dies. The rollup's advisory lock keeps results right anyway.
+    beat_scheduler = "redbeat.RedBeatScheduler"
+    redbeat_redis_url = _s.broker_url
+    redbeat_lock_timeout = max(60, int(_s.rollup_interval_s * 2))

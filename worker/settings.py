@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
     #: Port of the Prometheus endpoint served by worker and beat; 0 turns it off.
     metrics_port: int = Field(0, ge=0, le=65535, validation_alias="AI_USAGE_METRICS_PORT")
+    #: `default` (celery's file scheduler: run exactly one beat) or `redbeat` (standby beats
+    #: wait on a Redis lock; needs the `redbeat` extra).
+    beat_scheduler: Literal["default", "redbeat"] = Field(
+        "default", validation_alias="AI_USAGE_BEAT_SCHEDULER"
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("AI_USAGE_LOG_LEVEL", "LOG_LEVEL")
