@@ -172,3 +172,53 @@ def test_kill_9_while_a_batch_is_in_flight(
     wait_for(lambda: client.hlen("unacked") == 0, 30)
     assert landed(db, ids) == (300, 300)
     client.close()
+
+
+def test_python_client_to_worker(
+    db: Engine,
+    tenant: uuid.UUID,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    from worker.client import UsageClient
+
+    start_worker()
+    background = UsageClient(broker_url=redis_url, batch_size=50, flush_interval_ms=50)
+    sync = UsageClient(broker_url=redis_url, mode="sync")
+    ids = [
+        str(
+            background.record(
+                tenant_id=tenant,
+                operation="op",
+                model="gpt-4o",
+                input_tokens=i,
+                output_tokens=1,
+                success=i % 2 == 0,
+            )
+        )
+        for i in range(120)
+    ]
+    ids.append(
+        str(
+            sync.record(
+                tenant_id=tenant,
+                operation="op",
+                model="gpt-4o",
+                input_tokens=1,
+                output_tokens=1,
+                id=ids[0],
+            )
+        )
+    )  # a resend
+    ids.append(
+        str(
+            sync.record(
+                tenant_id=tenant, operation="sync", model="o3", input_tokens=1, output_tokens=1
+            )
+        )
+    )
+    assert background.close(10)
+    wait_for(lambda: landed(db, ids)[0] == 121, 60)
+    assert landed(db, ids) == (121, 121)
+    assert count_rows(db, where="success = 'failure'") == 60
+    assert count_rows(db, where="cost_usd IS NULL") == 0

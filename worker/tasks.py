@@ -43,7 +43,21 @@ def _consumer_batcher(consumer: Any) -> Batcher:
         )
         consumer._ai_usage_batcher = batcher
         consumer.timer.call_repeatedly(max(0.01, s.batch_max_wait_ms / 4000), batcher.tick)
+        # kombu sweeps for messages whose visibility timeout passed (a crashed worker's) only
+        # every 100 s, whatever the timeout; sweep every half timeout (at most 30 s) instead.
+        consumer.timer.call_repeatedly(
+            min(30.0, s.visibility_timeout / 2), _restore_expired, (consumer,)
+        )
     return batcher
+
+
+def _restore_expired(consumer: Any) -> None:
+    try:
+        qos = consumer.task_consumer.channel.qos
+        if hasattr(qos, "restore_visible"):  # the Redis transport
+            qos.restore_visible(num=None, interval=1)
+    except Exception:  # a broker outage: the next sweep tries again
+        log.debug("unacked-message sweep failed", exc_info=True)
 
 
 def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
