@@ -7,6 +7,8 @@ import json
 import uuid
 from typing import Any
 
+import psycopg2.errors
+import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import count_rows, make_tenant
@@ -119,3 +121,19 @@ def test_created_at_is_stored_in_utc(db: Engine, tenant: uuid.UUID) -> None:
         ).scalar_one()
     assert stored == dt.datetime(2025, 2, 1, 4, 30, tzinfo=dt.UTC)
     assert utc_text == "2025-02-01 04:30"
+
+
+def test_a_schema_problem_fails_the_batch_instead_of_dead_lettering_it(
+    db: Engine, tenant: uuid.UUID
+) -> None:
+    events = [event(tenant) for _ in range(5)]
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE ai_usage_logs RENAME TO ai_usage_logs_moved"))
+    try:
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            write_batch(db, events, Pricer())
+        assert count_rows(db, "ai_usage_dead_letters") == 0
+    finally:
+        with db.begin() as conn:
+            conn.execute(text("ALTER TABLE ai_usage_logs_moved RENAME TO ai_usage_logs"))
+    assert write_batch(db, events, Pricer()).inserted == 5

@@ -75,6 +75,7 @@ _FK_FIELDS = {
     "fk_ai_usage_logs_lead_id_leads": "lead_id",
 }
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
+_ROW_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError)
 
 
 @dataclass
@@ -246,9 +247,9 @@ def _insert_isolating(cur: Any, rows: Sequence[_Row], result: WriteResult) -> No
     cur.execute("SAVEPOINT batch")
     try:
         count, unpriced = _attempt(cur, rows)
-    except _TRANSIENT:
-        raise
-    except psycopg2.Error as exc:
+    except _ROW_ERRORS as exc:
+        # Only errors about the rows themselves are isolated. Anything else (a missing table,
+        # no permission, the server going away) fails the whole batch, which is kept and retried.
         cur.execute("ROLLBACK TO SAVEPOINT batch")
         if len(rows) == 1:
             row = rows[0]
