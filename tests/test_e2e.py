@@ -222,3 +222,31 @@ def test_python_client_to_worker(
     assert landed(db, ids) == (121, 121)
     assert count_rows(db, where="success = 'failure'") == 60
     assert count_rows(db, where="cost_usd IS NULL") == 0
+
+
+def test_a_backlog_drains_in_bulk_and_other_tasks_take_their_usual_path(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    events = [event(tenant) for _ in range(3000)]
+    for i, e in enumerate(events):
+        send_record(producer, e)
+        if i == 1500:
+            producer.send_task("ai_usage.rollup_monthly", queue="ai_usage")
+            producer.send_task("some.unknown_task", queue="ai_usage")
+    worker = start_worker()
+    ids = [e["id"] for e in events]
+    wait_for(lambda: landed(db, ids)[0] == 3000, 90, what="backlog drained")
+    wait_for(lambda: count_rows(db, "ai_usage_rollup_state") == 1, 30, what="rollup ran")
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.hlen("unacked") == 0 and client.llen("ai_usage") == 0, 30)
+    client.close()
+    assert landed(db, ids) == (3000, 3000)
+    worker.stop()
+    log = worker.log()
+    assert "some.unknown_task" in log  # refused by Celery's usual unknown-task handling
+    batches = [line for line in worker.log_path.read_text().splitlines() if "batch written" in line]
+    assert len(batches) < 3000 / 100  # many messages per transaction, not one each

@@ -24,11 +24,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Pending:
-    """One received message: its events, its size, and how to acknowledge it."""
+    """One received message: its events, its size, and what acknowledges it (a callable by
+    default, or whatever the Batcher's `acknowledge` takes, e.g. a kombu message)."""
 
     events: Sequence[Any]
     size: int
-    ack: Callable[[], None]
+    ack: Any
+
+
+def _call_each(acks: list[Any]) -> None:
+    for ack in acks:
+        ack()
 
 
 class Batcher:
@@ -43,8 +49,10 @@ class Batcher:
         max_wait_s: float,
         retry_max_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        acknowledge: Callable[[list[Any]], None] = _call_each,
     ) -> None:
         self._write = write
+        self._acknowledge = acknowledge
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_wait_s = max_wait_s
@@ -66,7 +74,7 @@ class Batcher:
     def pending_messages(self) -> int:
         return len(self._pending)
 
-    def add(self, events: Sequence[Any], size: int, ack: Callable[[], None]) -> None:
+    def add(self, events: Sequence[Any], size: int, ack: Any) -> None:
         """Take one message; writes at once if that fills the batch (unless backing off)."""
         if not self._pending:
             self._oldest = self._clock()
@@ -112,8 +120,12 @@ class Batcher:
             self._failures = 0
             self._retry_at = 0.0
             self.last_result = result
-            for p in taken:
-                p.ack()
+            try:
+                self._acknowledge([p.ack for p in taken])
+            except Exception as exc:
+                # Committed but not acknowledged: the broker will redeliver, and the
+                # idempotent write will count those events as duplicates, not twice.
+                log.warning("could not acknowledge %d messages: %s", len(taken), exc)
             log.info(
                 "batch written: received=%d inserted=%d duplicates=%d dead_lettered=%d"
                 " unpriced=%d messages=%d seconds=%.3f",

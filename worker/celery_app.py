@@ -22,7 +22,14 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _prune_metrics_dir(**_: Any) -> None:
+def _worker_setup(**_: Any) -> None:
+    from worker.broker import reuse_redis_clients
+
+    reuse_redis_clients()
+    _prune_metrics_dir()
+
+
+def _prune_metrics_dir() -> None:
     # Multiprocess metric files of processes that no longer exist would be added in forever.
     from worker.metrics import prune_dead_process_files
 

@@ -37,6 +37,9 @@ task_routes = {"ai_usage.*": {"queue": QUEUE, "routing_key": QUEUE}}
 # The batcher holds messages unacknowledged until their batch commits, so the consumer must be
 # allowed that many in flight (the batcher writes as soon as a batch is full).
 worker_prefetch_multiplier = 2 * _s.batch_max_events
+# Celery lowers the prefetch count after a broker reconnect and raises it again per ack; the
+# batcher acknowledges in bulk and needs its full window at once.
+worker_enable_prefetch_count_reduction = False
 worker_hijack_root_logger = False
 worker_send_task_events = False
 worker_cancel_long_running_tasks_on_connection_loss = False

@@ -13,11 +13,12 @@ from typing import Any
 from kombu.exceptions import ContentDisallowed
 
 from worker.batcher import Batcher
+from worker.broker import BulkReceiver, ack_messages
 from worker.celery_app import app
 from worker.db import get_engine
 from worker.ingest import MalformedMessage, WriteResult, write_batch
 from worker.pricing import default_pricer
-from worker.settings import get_settings
+from worker.settings import QUEUE, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def _consumer_batcher(consumer: Any) -> Batcher:
             max_bytes=s.batch_max_bytes,
             max_wait_s=s.batch_max_wait_ms / 1000,
             retry_max_s=s.db_retry_max_s,
+            acknowledge=ack_messages,
         )
         consumer._ai_usage_batcher = batcher
         consumer.timer.call_repeatedly(max(0.01, s.batch_max_wait_ms / 4000), batcher.tick)
@@ -49,6 +51,16 @@ def _consumer_batcher(consumer: Any) -> Batcher:
             min(30.0, s.visibility_timeout / 2), _restore_expired, (consumer,)
         )
     return batcher
+
+
+def _consumer_receiver(consumer: Any, batcher: Batcher) -> BulkReceiver:
+    receiver: BulkReceiver | None = getattr(consumer, "_ai_usage_receiver", None)
+    if receiver is None:
+        receiver = BulkReceiver(
+            consumer, QUEUE, lambda: batcher.max_events - batcher.pending_events
+        )
+        consumer._ai_usage_receiver = receiver
+    return receiver
 
 
 def _restore_expired(consumer: Any) -> None:
@@ -91,8 +103,8 @@ def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
 def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
     """Celery strategy: buffer the message in the Batcher instead of running the task."""
     batcher = _consumer_batcher(consumer)
+    receiver = _consumer_receiver(consumer, batcher)
     name = task.name
-    errors = consumer.connection_errors
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
         if message.content_type != "application/json":
@@ -104,7 +116,8 @@ def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
         else:
             args, kwargs, _embed = decoded
         events = events_of(name, args, kwargs)
-        batcher.add(events, len(message.body), lambda: ack(log, errors))
+        batcher.add(events, len(message.body), message)
+        receiver.after_message(message)
 
     return handler
 
