@@ -20,14 +20,14 @@ TENANT = str(uuid.uuid4())
 
 
 class FakeBroker:
-    """Publishes like Celery would (LPUSH of the message) to a fakeredis server."""
+    """A fakeredis server the client really publishes to; it can be switched off."""
 
     def __init__(self) -> None:
         self.server = fakeredis.FakeServer()
         self.redis = fakeredis.FakeRedis(server=self.server)
 
-    def publish(self, task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        self.redis.lpush("ai_usage", json.dumps({"task": task, "args": args, "kwargs": kwargs}))
+    def client(self, **kw: Any) -> UsageClient:
+        return UsageClient(redis_client=fakeredis.FakeRedis(server=self.server), **kw)
 
     def down(self) -> None:
         self.server.connected = False
@@ -35,13 +35,22 @@ class FakeBroker:
     def up(self) -> None:
         self.server.connected = True
 
+    def messages(self) -> list[tuple[str, list[Any], dict[str, Any]]]:
+        """(task, args, kwargs) of each queued message, decoded as the worker decodes them."""
+        out = []
+        for raw in reversed(self.redis.lrange("ai_usage", 0, -1)):
+            envelope = json.loads(raw)
+            assert envelope["content-type"] == "application/json"
+            assert envelope["properties"]["delivery_info"]["routing_key"] == "ai_usage"
+            args, kwargs, embed = json.loads(envelope["body"])
+            assert embed["callbacks"] is None
+            out.append((envelope["headers"]["task"], args, kwargs))
+        return out
+
     def events(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for raw in self.redis.lrange("ai_usage", 0, -1):
-            msg = json.loads(raw)
-            out.extend(
-                msg["args"][0] if msg["task"] == "ai_usage.record_batch" else [msg["kwargs"]]
-            )
+        for task, args, kwargs in self.messages():
+            out.extend(args[0] if task == "ai_usage.record_batch" else [kwargs])
         return out
 
 
@@ -63,7 +72,7 @@ def record(client: UsageClient, **over: Any) -> uuid.UUID:
 
 
 def test_background_batches_and_publishes_every_event(broker: FakeBroker) -> None:
-    client = UsageClient(publisher=broker.publish, batch_size=10, flush_interval_ms=20)
+    client = broker.client(batch_size=10, flush_interval_ms=20)
     ids = {record(client) for _ in range(35)}
     assert client.flush(5)
     events = broker.events()
@@ -75,8 +84,7 @@ def test_background_batches_and_publishes_every_event(broker: FakeBroker) -> Non
 def test_overflow_drops_and_counts_each_event(broker: FakeBroker) -> None:
     broker.down()
     registry = CollectorRegistry()
-    client = UsageClient(
-        publisher=broker.publish,
+    client = broker.client(
         max_queue=10,
         batch_size=1000,
         flush_interval_ms=60_000,
@@ -93,9 +101,7 @@ def test_overflow_drops_and_counts_each_event(broker: FakeBroker) -> None:
 
 def test_broker_down_then_up_delivers_the_buffer(broker: FakeBroker) -> None:
     broker.down()
-    client = UsageClient(
-        publisher=broker.publish, batch_size=20, flush_interval_ms=10, retry_max_s=0.05
-    )
+    client = broker.client(batch_size=20, flush_interval_ms=10, retry_max_s=0.05)
     ids = {record(client) for _ in range(50)}
     assert not client.flush(0.3)  # the deadline holds while the broker is down
     assert client.publish_failures > 0 and client.dropped == 0
@@ -107,9 +113,7 @@ def test_broker_down_then_up_delivers_the_buffer(broker: FakeBroker) -> None:
 
 def test_flush_and_close_respect_their_deadline(broker: FakeBroker) -> None:
     broker.down()
-    client = UsageClient(
-        publisher=broker.publish, batch_size=5, flush_interval_ms=10, retry_max_s=0.05
-    )
+    client = broker.client(batch_size=5, flush_interval_ms=10, retry_max_s=0.05)
     for _ in range(12):
         record(client)
     started = time.monotonic()
@@ -134,19 +138,18 @@ def test_publish_errors_never_reach_the_caller() -> None:
 def test_sync_mode_publishes_one_record_message_and_raises_broker_errors(
     broker: FakeBroker,
 ) -> None:
-    client = UsageClient(publisher=broker.publish, mode="sync")
+    client = broker.client(mode="sync")
     event_id = record(client, cost_usd=0.25)
-    (raw,) = broker.redis.lrange("ai_usage", 0, -1)
-    msg = json.loads(raw)
-    assert msg["task"] == "ai_usage.record" and msg["args"] == []
-    assert msg["kwargs"]["id"] == str(event_id) and msg["kwargs"]["cost_usd"] == 0.25
+    ((task, args, kwargs),) = broker.messages()
+    assert task == "ai_usage.record" and args == []
+    assert kwargs["id"] == str(event_id) and kwargs["cost_usd"] == 0.25
     broker.down()
     with pytest.raises(Exception):
         record(client)
 
 
 def test_invalid_input_raises_at_the_call_site_naming_the_field(broker: FakeBroker) -> None:
-    client = UsageClient(publisher=broker.publish)
+    client = broker.client()
     with pytest.raises(InvalidEvent, match="^input_tokens: "):
         record(client, input_tokens=-1)
     with pytest.raises(InvalidEvent, match="^tenant_id: "):
@@ -172,7 +175,7 @@ def test_extract_usage_from_sdk_shapes() -> None:
 
 
 def test_track_usage_times_and_records_failures(broker: FakeBroker) -> None:
-    client = UsageClient(publisher=broker.publish, mode="sync")
+    client = broker.client(mode="sync")
     with client.track_usage(tenant_id=TENANT, operation="summarise") as call:
         time.sleep(0.01)
         call.response(

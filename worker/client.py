@@ -62,11 +62,13 @@ class UsageClient:
         retry_max_s: float = 30.0,
         exit_timeout_s: float = 5.0,
         registry: Any = None,
+        redis_client: Any = None,
         publisher: Callable[[str, list[Any], dict[str, Any]], None] | None = None,
     ) -> None:
         """`broker_url` defaults to the settings' broker (CELERY_BROKER_URL or REDIS_URL).
         `registry`: a prometheus_client registry to expose drops and buffer depth in.
-        `publisher(task_name, args, kwargs)`: replaces Celery publishing (tests, other brokers).
+        `redis_client`: a redis-py client to publish with instead of one made from the URL.
+        `publisher(task_name, args, kwargs)`: replaces Redis publishing altogether.
         """
         if mode not in ("background", "sync"):
             raise ValueError(f"mode: expected 'background' or 'sync', got {mode!r}")
@@ -77,6 +79,7 @@ class UsageClient:
         self.retry_max_s = retry_max_s
         self.exit_timeout_s = exit_timeout_s
         self._broker_url = broker_url
+        self._given_redis = redis_client
         self._publisher = publisher
         self._app: Any = None
         self._app_lock = threading.Lock()
@@ -340,6 +343,8 @@ class UsageClient:
         client.lpush(QUEUE, envelope)
 
     def _redis(self) -> Any:
+        if self._given_redis is not None:
+            return self._given_redis
         if self._app is None:
             import redis
 
