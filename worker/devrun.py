@@ -117,8 +117,8 @@ def _demo(database_url: str, events: int) -> None:
 
 def run(once: bool, events: int, root: Path) -> int:
     """Bring the stack up; see the module docstring."""
-    state = root / ".run"
-    state.mkdir(exist_ok=True)
+    state = Path(os.environ.get("AI_USAGE_RUN_DIR") or root / ".run")
+    state.mkdir(parents=True, exist_ok=True)
     servers: list[object] = []
     children: list[subprocess.Popen[bytes]] = []
     database_url = os.environ.get("DATABASE_URL")
