@@ -61,37 +61,27 @@ class Tenant(Base):
     ga_api_secret: Mapped[str | None] = mapped_column(String(255))
 
 
-class User(Base):
+class _TenantOwned:
+    """Columns of the minimal parent tables that belong to a tenant."""
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class User(_TenantOwned, Base):
     __tablename__ = "users"
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
-    )
-    name: Mapped[str] = mapped_column(String(255), nullable=False)
-    created_at: Mapped[dt.datetime] = _created_at()
 
-
-class Assessment(Base):
+class Assessment(_TenantOwned, Base):
     __tablename__ = "assessments"
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
-    )
-    name: Mapped[str] = mapped_column(String(255), nullable=False)
-    created_at: Mapped[dt.datetime] = _created_at()
 
-
-class Lead(Base):
+class Lead(_TenantOwned, Base):
     __tablename__ = "leads"
-
-    id: Mapped[uuid.UUID] = _uuid_pk()
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
-    )
-    name: Mapped[str] = mapped_column(String(255), nullable=False)
-    created_at: Mapped[dt.datetime] = _created_at()
 
 
 class AIUsageLog(Base):
