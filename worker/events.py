@@ -16,6 +16,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -82,13 +83,13 @@ class UsageEvent(BaseModel):
 
     @field_validator("created_at")
     @classmethod
-    def _created_at(cls, value: dt.datetime) -> dt.datetime:
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        value = value.astimezone(dt.UTC)
-        if value > dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE:
+    def _created_at(cls, value: dt.datetime, info: ValidationInfo) -> dt.datetime:
+        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        # A batch passes its clock reading in the context: one now() per batch, not per event.
+        now = info.context["now"] if info.context else dt.datetime.now(dt.UTC)
+        if utc > now + FUTURE_TOLERANCE:
             raise ValueError("is more than 5 minutes in the future")
-        return value
+        return utc
 
     @model_validator(mode="after")
     def _totals(self) -> UsageEvent:
@@ -128,14 +129,15 @@ def _describe(error: ValidationError) -> tuple[str, str]:
     return loc, msg
 
 
-def parse_event(data: Any) -> UsageEvent:
-    """Validate one event (a mapping, as decoded from JSON).
+def parse_event(data: Any, now: dt.datetime | None = None) -> UsageEvent:
+    """Validate one event (a mapping, as decoded from JSON); `now` is the clock reading the
+    future-timestamp rule compares with (default: the current time).
 
     Raises InvalidEvent whose message starts with the offending field's name."""
     if not isinstance(data, Mapping):
         raise InvalidEvent(f"event: expected a JSON object, got {type(data).__name__}", field=None)
     try:
-        return UsageEvent.model_validate(data)
+        return UsageEvent.model_validate(data, context={"now": now} if now else None)
     except ValidationError as exc:
         field, msg = _describe(exc)
         raise InvalidEvent(f"{field}: {msg}", field=field) from None

@@ -8,6 +8,7 @@ outage raises TransientError and nothing is written; the caller retries the whol
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -129,20 +130,24 @@ def _copy_line(row: _Row) -> str:
     def opt(v: object) -> str:
         return "\\N" if v is None else str(v)
 
+    def uid(v: uuid.UUID | None) -> str:
+        # 32 hex digits are valid uuid input, and cheaper to make than the dashed form.
+        return "\\N" if v is None else v.hex
+
     return (
         "\t".join(
             (
-                str(e.id),
-                str(e.tenant_id),
-                opt(e.user_id),
+                e.id.hex,
+                e.tenant_id.hex,
+                uid(e.user_id),
                 _escape(e.operation),
                 _escape(e.model),
                 str(e.input_tokens),
                 str(e.output_tokens),
                 str(e.total_tokens),
                 "\\N" if row.cost is None else repr(row.cost),
-                opt(e.assessment_id),
-                opt(e.lead_id),
+                uid(e.assessment_id),
+                uid(e.lead_id),
                 opt(e.duration_ms),
                 e.success,
                 e.created_at.isoformat(),
@@ -171,13 +176,14 @@ def prepare(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> lis
     rows: list[_Row] = []
     seen: set[uuid.UUID] = set()
     unknown_models: set[str] = set()
+    now = dt.datetime.now(dt.UTC)
     for payload in payloads:
         result.received += 1
         if isinstance(payload, MalformedMessage):
             result.dead_letters.append(DeadLetter(payload.payload, payload.error, "message"))
             continue
         try:
-            event = parse_event(payload)
+            event = parse_event(payload, now)
         except InvalidEvent as exc:
             result.dead_letters.append(DeadLetter(payload, str(exc), exc.field, _event_id(payload)))
             continue
