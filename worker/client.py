@@ -45,6 +45,14 @@ RECORD_BATCH = "ai_usage.record_batch"
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 _ORIGIN = f"ai-usage-client@{socket.gethostname()}"
 
+
+def _escape_json(text: str) -> str:
+    """`text` escaped as the inside of a JSON string literal."""
+    return json.dumps(text)[1:-1]
+
+
+_EMBED_ESCAPED = _escape_json(_EMBED)
+
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
 
 
@@ -169,7 +177,9 @@ class UsageClient:
                 self.dropped,
             )
             return
-        self._queue.append(event.model_dump_json(exclude_none=True))
+        # Escaped here, a few microseconds per event, so that the publishing thread never has
+        # to escape a whole batch while holding the GIL (see _publish_raw).
+        self._queue.append(_escape_json(event.model_dump_json(exclude_none=True)))
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -185,6 +195,7 @@ class UsageClient:
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._stop = False
+        self._drain = False  # set by flush(): publish partial batches too
         self._thread: threading.Thread | None = None
         if self.mode == "background":
             self._thread = threading.Thread(target=self._run, name="ai-usage-client", daemon=True)
@@ -193,14 +204,17 @@ class UsageClient:
     def _run(self) -> None:
         failures = 0
         while True:
-            self._wake.wait(self.flush_interval)
+            timed_out = not self._wake.wait(self.flush_interval)
             self._wake.clear()
-            while self._queue:
+            # Full batches go at once; a partial one waits for the interval (or a flush), so
+            # that a steady trickle is sent as few, large messages.
+            drain = timed_out or self._stop or self._drain
+            while self._queue and (drain or len(self._queue) >= self.batch_size):
                 batch: list[str] = []
                 while self._queue and len(batch) < self.batch_size:
                     batch.append(self._queue.popleft())
                 self._in_flight = len(batch)
-                body = "[[[" + ",".join(batch) + "]],{}," + _EMBED + "]"
+                body = "[[[" + ",".join(batch) + "]],{}," + _EMBED_ESCAPED + "]"
                 while True:
                     try:
                         self._publish_raw(RECORD_BATCH, body)
@@ -226,6 +240,8 @@ class UsageClient:
                 if self._stop and time.monotonic() >= self._deadline:
                     self._give_up(list(self._queue))
                     self._queue.clear()
+            if not self._queue:
+                self._drain = False
             with self._idle:
                 self._idle.notify_all()
             if self._stop:
@@ -250,6 +266,7 @@ class UsageClient:
             return True
         deadline = time.monotonic() + timeout
         while self.pending():
+            self._drain = True
             self._wake.set()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -279,7 +296,7 @@ class UsageClient:
         if self._publisher is not None:
             self._publisher(task, args, kwargs)
             return
-        body = json.dumps([args, kwargs, json.loads(_EMBED)])
+        body = _escape_json(json.dumps([args, kwargs, json.loads(_EMBED)]))
         attempts = 4 if retry else 1
         for attempt in range(attempts):
             try:
@@ -292,6 +309,7 @@ class UsageClient:
 
     def _publish_raw(self, task: str, body: str) -> None:
         """LPUSH one Celery protocol-2 message, in kombu's Redis envelope, to the queue.
+        `body` is the message body already escaped as the inside of a JSON string.
 
         This is what kombu's Redis transport does for a message to the default exchange (the
         routing key names the queue), done with one redis-py call: kombu's own publish spends
@@ -299,7 +317,7 @@ class UsageClient:
         application's threads. The end-to-end tests consume these messages with a real worker.
         """
         if self._publisher is not None:
-            args, kwargs, _ = json.loads(body)
+            args, kwargs, _ = json.loads(json.loads(f'"{body}"'))
             self._publisher(task, args, kwargs)
             return
         task_id = str(uuid.uuid4())
@@ -321,9 +339,8 @@ class UsageClient:
             "origin": _ORIGIN,
             "ignore_result": True,
         }
-        envelope = json.dumps(
+        rest = json.dumps(
             {
-                "body": body,
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": headers,
@@ -338,6 +355,8 @@ class UsageClient:
                 },
             }
         )
+        # The body is spliced in as it is: no pass over the whole batch here.
+        envelope = '{"body": "' + body + '", ' + rest[1:]
         with self._app_lock:
             client = self._redis()
         client.lpush(QUEUE, envelope)
