@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -44,6 +45,16 @@ RECORD_BATCH = "ai_usage.record_batch"
 # The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 _ORIGIN = f"ai-usage-client@{socket.gethostname()}"
+
+
+# Event ids from a PRNG seeded by os.urandom (and reseeded in a forked child): uuid4() reads
+# os.urandom on every call, a system call that also hands the GIL to the publishing thread.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def _new_id() -> uuid.UUID:
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
 
 
 def _escape_json(text: str) -> str:
@@ -140,7 +151,7 @@ class UsageClient:
         nothing else is raised; in sync mode a broker error is raised after a few retries."""
         event = parse_event(
             {
-                "id": id if id is not None else uuid.uuid4(),
+                "id": id if id is not None else _new_id(),
                 "tenant_id": tenant_id,
                 "user_id": user_id,
                 "assessment_id": assessment_id,

@@ -243,10 +243,13 @@ def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> Writ
 def _attempt(cur: Any, rows: Sequence[_Row]) -> tuple[int, int]:
     """COPY `rows` to staging and move them; returns (inserted, of which unpriced)."""
     cur.copy_expert(_COPY, io.StringIO("".join(_copy_line(r) for r in rows)))
-    cur.execute(_MOVE + " RETURNING cost_usd IS NULL")
-    flags = cur.fetchall()
+    cur.execute(
+        f"WITH moved AS ({_MOVE} RETURNING cost_usd IS NULL AS unpriced)"
+        " SELECT count(*), count(*) FILTER (WHERE unpriced) FROM moved"
+    )
+    inserted, unpriced = cur.fetchone()
     cur.execute("TRUNCATE ai_usage_staging")
-    return len(flags), sum(1 for (unpriced,) in flags if unpriced)
+    return int(inserted), int(unpriced)
 
 
 def _insert_isolating(cur: Any, rows: Sequence[_Row], result: WriteResult) -> None:
