@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from worker.batcher import Batcher
@@ -109,3 +110,70 @@ def test_backoff_grows_and_is_capped() -> None:
         b.flush()
         delays.append(b._retry_at - start)
     assert delays == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+class ManualExecutor:
+    """Runs submitted work only when the test says so."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Future[Any], Any, tuple[Any, ...]]] = []
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.jobs.append((future, fn, args))
+        return future
+
+    def run_all(self) -> None:
+        for future, fn, args in self.jobs:
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:
+                future.set_exception(exc)
+        self.jobs.clear()
+
+
+def test_writer_thread_acks_only_when_its_write_is_done() -> None:
+    sink, clock, acked, pool = Sink(), Clock(), [], ManualExecutor()
+    b = make(sink, clock, executor=pool, prepare=lambda payloads: list(payloads))
+    for i in range(10):
+        b.add([i], 1, lambda i=i: acked.append(i))
+    assert len(pool.jobs) == 1 and acked == []  # submitted, not yet written
+    for i in range(10, 15):
+        b.add([i], 1, lambda i=i: acked.append(i))
+    b.tick()
+    assert acked == []
+    pool.run_all()
+    b.tick()  # settles the finished write on the consumer's thread
+    assert acked == list(range(10))
+    clock.now = 1.0
+    b.tick()
+    pool.run_all()
+    assert b.drain()
+    assert acked == list(range(15)) and sink.batches == [list(range(10)), list(range(10, 15))]
+
+
+def test_writer_thread_failure_puts_the_batch_back() -> None:
+    sink, clock, acked, pool = Sink(), Clock(), [], ManualExecutor()
+    b = make(sink, clock, executor=pool)
+    sink.failing = True
+    for i in range(10):
+        b.add([i], 1, lambda i=i: acked.append(i))
+    pool.run_all()
+    b.tick()
+    assert acked == [] and b.pending_events == 10  # back in the queue, unacknowledged
+    sink.failing = False
+    clock.now = 5.0
+    b.tick()
+    pool.run_all()
+    assert b.drain() and sorted(acked) == list(range(10))
+
+
+def test_real_thread_pool() -> None:
+    sink, clock, acked = Sink(), Clock(), []
+    with ThreadPoolExecutor(1) as pool:
+        b = make(sink, clock, executor=pool)
+        for i in range(95):
+            b.add([i], 1, lambda i=i: acked.append(i))
+        assert b.drain()
+    assert sorted(acked) == list(range(95))
+    assert sorted(e for batch in sink.batches for e in batch) == list(range(95))

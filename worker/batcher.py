@@ -3,8 +3,12 @@ every event it carries is committed or dead-lettered.
 
 This is the broker-free half of the worker's batching; `worker.tasks` feeds it from Celery.
 It is driven from one thread (the worker's consumer loop): `add()` for each message and
-`tick()` from a timer. A failed write keeps every message pending (unacknowledged) and is
-retried with exponential backoff, so a database outage loses nothing and needs no restart.
+`tick()` from a timer. With an executor, the database half of a batch runs on a writer thread
+while the consumer thread receives and prepares the next batch (psycopg2 releases the GIL while
+it waits on the server), at most one batch in the database at a time; acknowledgements are
+always sent from the consumer thread. A failed write keeps every message pending
+(unacknowledged) and is retried with exponential backoff, so a database outage loses nothing
+and needs no restart.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,21 +42,31 @@ def _call_each(acks: list[Any]) -> None:
         ack()
 
 
+def _same(payloads: list[Any]) -> Any:
+    return payloads
+
+
 class Batcher:
-    """Buffers messages and writes them when a batch is full or its oldest message is due."""
+    """Buffers messages and writes them when a batch is full or its oldest message is due.
+
+    `prepare(payloads)` runs on the calling thread; `store(prepared)` on `executor` if given."""
 
     def __init__(
         self,
-        write: Callable[[list[Any]], WriteResult],
+        store: Callable[[Any], WriteResult],
         *,
         max_events: int,
         max_bytes: int,
         max_wait_s: float,
         retry_max_s: float = 10.0,
+        prepare: Callable[[list[Any]], Any] = _same,
+        executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
         acknowledge: Callable[[list[Any]], None] = _call_each,
     ) -> None:
-        self._write = write
+        self._store = store
+        self._prepare = prepare
+        self._executor = executor
         self._acknowledge = acknowledge
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -64,10 +79,12 @@ class Batcher:
         self._oldest: float | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._in_flight: tuple[Future[WriteResult], list[Pending]] | None = None
         self.last_result: WriteResult | None = None
 
     @property
     def pending_events(self) -> int:
+        """Events received and not yet handed to the database."""
         return self._events
 
     @property
@@ -85,7 +102,10 @@ class Batcher:
             self.flush()
 
     def tick(self) -> None:
-        """Called from a timer: writes the batch once its oldest message has waited enough."""
+        """Called from a timer: settles a finished write, and writes the batch once its oldest
+        message has waited enough."""
+        if self._in_flight is not None and self._in_flight[0].done():
+            self._settle()
         if not self._pending or self._clock() < self._retry_at:
             return
         assert self._oldest is not None
@@ -96,59 +116,95 @@ class Batcher:
         return self._events >= self.max_events or self._bytes >= self.max_bytes
 
     def flush(self) -> bool:
-        """Write everything pending, in batches within the caps. True if all was written."""
+        """Write everything pending, in batches within the caps. True if nothing failed."""
         while self._pending:
             taken = self._take()
-            payloads = [event for p in taken for event in p.events]
             try:
-                result = self._write(payloads)
-            except Exception as exc:
-                self._put_back(taken)
-                self._failures += 1
-                delay = min(self.retry_max_s, 0.5 * 2 ** (self._failures - 1))
-                self._retry_at = self._clock() + delay
-                metrics.WRITE_FAILURES.inc()
-                log.warning(
-                    "batch of %d events not written (%s); %d messages kept unacknowledged,"
-                    " retry in %.1fs",
-                    len(payloads),
-                    exc,
-                    len(self._pending),
-                    delay,
-                )
+                prepared = self._prepare([event for p in taken for event in p.events])
+            except Exception as exc:  # a bug, not bad input: keep the messages, retry later
+                self._failed(taken, exc)
                 return False
-            self._failures = 0
-            self._retry_at = 0.0
-            self.last_result = result
-            try:
-                self._acknowledge([p.ack for p in taken])
-            except Exception as exc:
-                # Committed but not acknowledged: the broker will redeliver, and the
-                # idempotent write will count those events as duplicates, not twice.
-                log.warning("could not acknowledge %d messages: %s", len(taken), exc)
-            log.info(
-                "batch written: received=%d inserted=%d duplicates=%d dead_lettered=%d"
-                " unpriced=%d messages=%d seconds=%.3f",
-                result.received,
-                result.inserted,
-                result.duplicates,
-                result.dead_lettered,
-                result.unpriced,
-                len(taken),
-                result.seconds,
-                extra={
-                    "batch": {
-                        "received": result.received,
-                        "inserted": result.inserted,
-                        "duplicates": result.duplicates,
-                        "dead_lettered": result.dead_lettered,
-                        "unpriced": result.unpriced,
-                        "messages": len(taken),
-                        "seconds": round(result.seconds, 4),
-                    }
-                },
-            )
+            # The previous batch's database work overlapped the preparation of this one.
+            if not self._settle():
+                self._put_back(taken)
+                return False
+            if self._executor is None:
+                try:
+                    result = self._store(prepared)
+                except Exception as exc:
+                    self._failed(taken, exc)
+                    return False
+                self._succeeded(taken, result)
+            else:
+                self._in_flight = (self._executor.submit(self._store, prepared), taken)
         return True
+
+    def drain(self) -> bool:
+        """Write everything and wait for it (worker shutdown, tests). True if all succeeded."""
+        ok = self.flush()
+        return self._settle() and ok
+
+    def _settle(self) -> bool:
+        """Wait for the batch in the database, if any: ack it, or put it back on failure."""
+        if self._in_flight is None:
+            return True
+        future, taken = self._in_flight
+        self._in_flight = None
+        try:
+            result = future.result()
+        except Exception as exc:
+            self._failed(taken, exc)
+            return False
+        self._succeeded(taken, result)
+        return True
+
+    def _succeeded(self, taken: list[Pending], result: WriteResult) -> None:
+        self._failures = 0
+        self._retry_at = 0.0
+        self.last_result = result
+        try:
+            self._acknowledge([p.ack for p in taken])
+        except Exception as exc:
+            # Committed but not acknowledged: the broker will redeliver, and the idempotent
+            # write will count those events as duplicates, not twice.
+            log.warning("could not acknowledge %d messages: %s", len(taken), exc)
+        log.info(
+            "batch written: received=%d inserted=%d duplicates=%d dead_lettered=%d"
+            " unpriced=%d messages=%d seconds=%.3f",
+            result.received,
+            result.inserted,
+            result.duplicates,
+            result.dead_lettered,
+            result.unpriced,
+            len(taken),
+            result.seconds,
+            extra={
+                "batch": {
+                    "received": result.received,
+                    "inserted": result.inserted,
+                    "duplicates": result.duplicates,
+                    "dead_lettered": result.dead_lettered,
+                    "unpriced": result.unpriced,
+                    "messages": len(taken),
+                    "seconds": round(result.seconds, 4),
+                }
+            },
+        )
+
+    def _failed(self, taken: list[Pending], exc: Exception) -> None:
+        self._put_back(taken)
+        self._failures += 1
+        delay = min(self.retry_max_s, 0.5 * 2 ** (self._failures - 1))
+        self._retry_at = self._clock() + delay
+        metrics.WRITE_FAILURES.inc()
+        log.warning(
+            "batch of %d messages not written (%s); %d messages kept unacknowledged,"
+            " retry in %.1fs",
+            len(taken),
+            exc,
+            len(self._pending),
+            delay,
+        )
 
     def _put_back(self, taken: list[Pending]) -> None:
         """Return messages to the front, in order; none of them is acknowledged."""

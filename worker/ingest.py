@@ -116,6 +116,16 @@ class _Row:
     event: UsageEvent
     cost: float | None
     payload: Any
+    line: str = ""  # the row as a line of COPY text
+
+
+@dataclass
+class PreparedBatch:
+    """A batch validated, priced and rendered to COPY text, ready for `store_batch`."""
+
+    rows: list[_Row]
+    result: WriteResult
+    started: float
 
 
 def _escape(value: str) -> str:
@@ -202,19 +212,26 @@ def prepare(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> lis
             )
             if cost is None:
                 unknown_models.add(event.model)
-        rows.append(_Row(event, None if cost is None else float(cost), payload))
+        row = _Row(event, None if cost is None else float(cost), payload)
+        row.line = _copy_line(row)
+        rows.append(row)
     for model in sorted(unknown_models):
         log.warning("no price known for model %r: its rows are stored with cost_usd NULL", model)
     return rows
 
 
-def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> WriteResult:
-    """Validate, price and store `payloads` in one transaction. Idempotent by event id.
-
-    Raises TransientError if the database is unavailable; then nothing was written."""
+def prepare_batch(payloads: Sequence[Any], pricer: Pricer) -> PreparedBatch:
+    """The CPU half of a write: validate, price and render. Touches no database."""
     started = time.perf_counter()
     result = WriteResult()
     rows = prepare(payloads, pricer, result)
+    return PreparedBatch(rows, result, started)
+
+
+def store_batch(engine: Engine, batch: PreparedBatch) -> WriteResult:
+    """The database half: store the rows and dead letters in one transaction. Idempotent by
+    event id. Raises TransientError if the database is unavailable; then nothing was written."""
+    result = batch.result
     try:
         raw = engine.raw_connection()
     except Exception as exc:
@@ -222,8 +239,8 @@ def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> Writ
     try:
         with raw.cursor() as cur:  # type: ignore[attr-defined]
             cur.execute(_STAGING_DDL)
-            if rows:
-                _insert_isolating(cur, rows, result)
+            if batch.rows:
+                _insert_isolating(cur, batch.rows, result)
             _store_dead_letters(cur, result.dead_letters)
         raw.commit()
     except _TRANSIENT as exc:
@@ -235,14 +252,19 @@ def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> Writ
     finally:
         raw.close()
     result.dead_lettered = len(result.dead_letters)
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - batch.started
     metrics.record_write(result)
     return result
 
 
+def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> WriteResult:
+    """Validate, price and store `payloads` in one transaction (both halves at once)."""
+    return store_batch(engine, prepare_batch(payloads, pricer))
+
+
 def _attempt(cur: Any, rows: Sequence[_Row]) -> tuple[int, int]:
     """COPY `rows` to staging and move them; returns (inserted, of which unpriced)."""
-    cur.copy_expert(_COPY, io.StringIO("".join(_copy_line(r) for r in rows)))
+    cur.copy_expert(_COPY, io.StringIO("".join(r.line for r in rows)))
     cur.execute(
         f"WITH moved AS ({_MOVE} RETURNING cost_usd IS NULL AS unpriced)"
         " SELECT count(*), count(*) FILTER (WHERE unpriced) FROM moved"

@@ -8,6 +8,7 @@ which writes many messages per transaction and acknowledges each after the commi
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed
@@ -16,7 +17,14 @@ from worker.batcher import Batcher
 from worker.broker import BulkReceiver, ack_messages
 from worker.celery_app import app
 from worker.db import get_engine
-from worker.ingest import MalformedMessage, WriteResult, write_batch
+from worker.ingest import (
+    MalformedMessage,
+    PreparedBatch,
+    WriteResult,
+    prepare_batch,
+    store_batch,
+    write_batch,
+)
 from worker.pricing import default_pricer
 from worker.settings import QUEUE, get_settings
 
@@ -30,13 +38,23 @@ def _write(payloads: list[Any]) -> WriteResult:
     return write_batch(get_engine(), payloads, default_pricer())
 
 
+def _prepare(payloads: list[Any]) -> PreparedBatch:
+    return prepare_batch(payloads, default_pricer())
+
+
+def _store(batch: PreparedBatch) -> WriteResult:
+    return store_batch(get_engine(), batch)
+
+
 def _consumer_batcher(consumer: Any) -> Batcher:
     """One Batcher per worker consumer, shared by both ingest tasks, ticked by its timer."""
     batcher: Batcher | None = getattr(consumer, "_ai_usage_batcher", None)
     if batcher is None:
         s = get_settings()
         batcher = Batcher(
-            _write,
+            _store,
+            prepare=_prepare,
+            executor=ThreadPoolExecutor(1, thread_name_prefix="ai-usage-writer"),
             max_events=s.batch_max_events,
             max_bytes=s.batch_max_bytes,
             max_wait_s=s.batch_max_wait_ms / 1000,
