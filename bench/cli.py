@@ -1,0 +1,289 @@
+"""`python -m bench [--quick] [--n N] [--output PATH] [--database-url URL --redis-url URL]`.
+
+Runs every phase in one process against the same servers, prints a table and writes the JSON.
+Without URLs (nor BENCH_DATABASE_URL / BENCH_REDIS_URL) it starts embedded PostgreSQL and
+Redis in a temporary folder and destroys them at the end; with URLs it uses a throwaway
+database and Redis db number on them. Worker subprocesses are stopped whatever happens."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+from bench import data, latency, memory, procs, results, rollup, throughput
+from bench.servers import ROOT, describe_machine, open_stack
+from worker.settings import Settings
+
+T = TypeVar("T")
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+TENANTS = 100
+DESCRIPTION = (
+    "Benchmark of the ai_usage pipeline (issue 5): write limit, naive baseline, our pipeline,"
+    " request-path cost, rollups and reports, worker memory. Prints a table, writes JSON."
+)
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGTERM / SIGHUP, so that every finally runs."""
+
+
+#: Sizes of each mode; --n caps naive_n and queued_n, the other options replace one size.
+DEFAULTS: dict[str, dict[str, float]] = {
+    "full": {
+        "n": 100_000,
+        "naive_n": 20_000,
+        "queued_n": 20_000,
+        "latency_samples": 10_000,
+        "rollup_rows": 1_000_000,
+        "report_reps": 30,
+        "soak_seconds": 300,
+    },
+    "quick": {
+        "n": 5000,
+        "naive_n": 500,
+        "queued_n": 1000,
+        "latency_samples": 1000,
+        "rollup_rows": 100_000,
+        "report_reps": 10,
+        "soak_seconds": 0,
+    },
+}
+
+
+@dataclass
+class Plan:
+    mode: str
+    n: int  # events of (1), (3) and the worker-alone drain
+    naive_n: int  # events of (2)
+    queued_n: int  # messages of (4) and of the no-op drain
+    latency_samples: int
+    rollup_rows: int
+    report_small_rows: int
+    report_reps: int
+    soak_seconds: float
+    soak_rate: int
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
+    full, quick = DEFAULTS["full"], DEFAULTS["quick"]
+    p = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
+    p.add_argument("--quick", action="store_true", help="small sizes, no memory soak (< 60 s)")
+    p.add_argument(
+        "--n",
+        type=int,
+        help=f"events of (1), (3); also caps --naive-n and --queued-n (default {full['n']:,.0f},"
+        f" quick {quick['n']:,.0f})",
+    )
+    for name, what in (
+        ("naive_n", "events of the naive baseline (2)"),
+        ("queued_n", "messages queued in advance for (4) and the no-op drain"),
+        ("latency_samples", "calls timed per latency figure (5)"),
+        ("rollup_rows", "rows of the large log (6)"),
+        ("soak_seconds", "length of the memory soak (7); 0 skips it"),
+    ):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float if name == "soak_seconds" else int,
+            help=f"{what} (default {full[name]:,.0f}, quick {quick[name]:,.0f})",
+        )
+    p.add_argument("--soak-rate", type=int, default=2000, help="events/s during the soak (2000)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(ROOT)})",
+    )
+    p.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL"),
+        help="PostgreSQL server (or BENCH_DATABASE_URL): a throwaway database is made on it",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL"),
+        help="Redis server (or BENCH_REDIS_URL): an empty db number is used, then flushed",
+    )
+    a = p.parse_args(argv)
+    mode = "quick" if a.quick else "full"
+    d = DEFAULTS[mode]
+
+    def size(name: str) -> float:
+        given = getattr(a, name)
+        return float(given) if given is not None else d[name]
+
+    n = int(a.n or d["n"])
+    rollup_rows = int(size("rollup_rows"))
+    plan = Plan(
+        mode=mode,
+        n=n,
+        naive_n=int(a.naive_n or min(n, d["naive_n"])),
+        queued_n=int(a.queued_n or min(n, d["queued_n"])),
+        latency_samples=int(size("latency_samples")),
+        rollup_rows=rollup_rows,
+        report_small_rows=min(10_000, rollup_rows // 10),
+        report_reps=int(d["report_reps"]),
+        soak_seconds=size("soak_seconds"),
+        soak_rate=a.soak_rate,
+    )
+    for name in ("n", "naive_n", "queued_n", "latency_samples", "rollup_rows"):
+        if getattr(plan, name) < 10:
+            p.error(f"--{name.replace('_', '-')} must be at least 10")
+    return a, plan
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal must not cut the cleanup short.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(f"signal {signum}")
+
+
+def _notes(plan: Plan, machine: dict[str, Any]) -> list[str]:
+    notes = [
+        f"N={plan.n} events for (1) and (3); {plan.naive_n} for (2); {plan.queued_n} queued"
+        " messages for (4) and the no-op drain.",
+        f"Latency: {plan.latency_samples} calls per figure, back to back; the same calls paced"
+        f" {latency.PACE_S * 1e6:.0f} us apart are in details.latency.*.paced.",
+    ]
+    if plan.rollup_rows != 1_000_000:
+        notes.append(
+            f"Scaled down: rollups and the large report use {plan.rollup_rows} rows, not 1,000,000."
+        )
+    if plan.report_small_rows != 10_000:
+        notes.append(
+            f"Scaled down: the small report uses {plan.report_small_rows} rows, not 10,000."
+        )
+    if plan.soak_seconds <= 0:
+        notes.append("Memory soak skipped (quick mode): the RSS figures are null.")
+    elif plan.soak_seconds != 300:
+        notes.append(f"Memory soak of {plan.soak_seconds:g} s instead of 300 s.")
+    pg = machine["postgres"]
+    if pg["fsync"] == "off" or pg["synchronous_commit"] == "off":
+        notes.append(
+            f"PostgreSQL runs with fsync={pg['fsync']},"
+            f" synchronous_commit={pg['synchronous_commit']}"
+            " (embedded default): commits are cheap, which favours the per-event baseline (2)."
+        )
+    if (machine["cpu_count"] or 0) <= 2:
+        notes.append("Harness, workers, PostgreSQL and Redis share the CPUs: figures are noisy.")
+    return notes
+
+
+def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="aiu-bench-"))
+    raw: dict[str, Any] = {}
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def phase(name: str, fn: Callable[[], T]) -> T:
+        _say(f"{name} ...")
+        t0 = time.perf_counter()
+        value = fn()
+        phases[name] = round(time.perf_counter() - t0, 2)
+        _say(f"{name}: done in {phases[name]:.1f}s")
+        return value
+
+    try:
+        with open_stack(args.database_url, args.redis_url, workdir) as stack:
+            _say(f"servers ready ({time.perf_counter() - started:.1f}s)")
+            machine = describe_machine(stack)
+            tenants = data.make_tenants(stack, TENANTS)
+            evs = data.events(plan.n, tenants)
+            priced = data.priced(evs)
+            batch = int(Settings.model_fields["batch_max_events"].default)
+            raw["limit"] = phase("(1) limit", lambda: throughput.limit(stack, priced, batch))
+            raw["naive"] = phase(
+                "(2) naive",
+                lambda: throughput.naive(stack, workdir, priced[: plan.naive_n], tenants),
+            )
+            worker = procs.ours(stack, workdir).start()
+            try:
+                raw["ours_batched"] = phase(
+                    "(3) ours, client batches", lambda: throughput.ours_batched(stack, worker, evs)
+                )
+            finally:
+                worker.stop()
+            raw["latency"] = phase(
+                "(5) request path",
+                lambda: latency.request_path(stack, tenants, plan.latency_samples),
+            )
+            raw["ours_batch_drain"] = phase(
+                "(3b) worker alone, queued client batches",
+                lambda: throughput.ours_batch_drain(stack, workdir, evs),
+            )
+            queued = evs[: plan.queued_n]
+            raw["ours_single"] = phase(
+                "(4) ours, single-event messages",
+                lambda: throughput.ours_single(stack, workdir, queued),
+            )
+            raw["noop"] = phase(
+                "(4) Celery no-op drain",
+                lambda: throughput.noop_drain(stack, workdir, plan.queued_n),
+            )
+            if plan.soak_seconds > 0:
+                raw["memory"] = phase(
+                    "(7) memory soak",
+                    lambda: memory.soak(stack, workdir, tenants, plan.soak_seconds, plan.soak_rate),
+                )
+            raw["rollups"] = phase(
+                "(6) rollups and report",
+                lambda: rollup.rollups(
+                    stack, tenants, plan.report_small_rows, plan.rollup_rows, plan.report_reps
+                ),
+            )
+            machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        procs.stop_all()
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "meta": {
+            "mode": plan.mode,
+            "plan": vars(plan),
+            "started_at": started_at,
+            "duration_s": round(time.perf_counter() - started, 1),
+            "phase_seconds": phases,
+            "machine": machine,
+            "notes": _notes(plan, machine),
+        },
+        **results.evaluate(raw),
+        "details": raw,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, plan = parse(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    try:
+        result = run(args, plan)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        _say(f"interrupted ({exc or 'Ctrl-C'}); everything started was stopped")
+        return 130
+    except procs.BenchError as exc:
+        _say(f"failed: {exc}")
+        return 1
+    results.write_json(result, args.output)
+    print(results.table(result))
+    print(f"\nJSON: {args.output}")
+    return 0

@@ -1,0 +1,284 @@
+"""Figures, ratios and targets from the phases' raw results; the table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    path: tuple[str, ...]  # where it is in the raw results
+
+
+FIGURES = (
+    Figure(
+        "limit_rows_per_s",
+        "(1) limit: COPY+INSERT ON CONFLICT (best of 4 runs)",
+        "rows/s",
+        ("limit", "rows_per_s"),
+    ),
+    Figure(
+        "limit_batched_rows_per_s",
+        "    best with a transaction per worker batch",
+        "rows/s",
+        ("limit", "batched", "rows_per_s"),
+    ),
+    Figure(
+        "naive_events_per_s",
+        "(2) naive: one ORM task per event, default worker",
+        "events/s",
+        ("naive", "events_per_s"),
+    ),
+    Figure(
+        "ours_batched_events_per_s",
+        "(3) ours: client background mode -> worker",
+        "events/s",
+        ("ours_batched", "events_per_s"),
+    ),
+    Figure(
+        "ours_worker_drain_events_per_s",
+        "    worker alone: draining queued client batches",
+        "events/s",
+        ("ours_batch_drain", "events_per_s"),
+    ),
+    Figure(
+        "ours_single_events_per_s",
+        "(4) ours: queued ai_usage.record messages",
+        "events/s",
+        ("ours_single", "events_per_s"),
+    ),
+    Figure(
+        "celery_noop_tasks_per_s",
+        "    Celery no-op drain, default worker",
+        "tasks/s",
+        ("noop", "tasks_per_s"),
+    ),
+    Figure(
+        "record_background_p50_us",
+        "(5) record() background p50",
+        "us",
+        ("latency", "record_background", "p50_us"),
+    ),
+    Figure(
+        "record_background_p99_us",
+        "    record() background p99",
+        "us",
+        ("latency", "record_background", "p99_us"),
+    ),
+    Figure(
+        "record_sync_p50_us", "    record() sync p50", "us", ("latency", "record_sync", "p50_us")
+    ),
+    Figure(
+        "record_sync_p99_us", "    record() sync p99", "us", ("latency", "record_sync", "p99_us")
+    ),
+    Figure(
+        "apply_async_p50_us",
+        "    apply_async(no-op) p50",
+        "us",
+        ("latency", "apply_async_noop", "p50_us"),
+    ),
+    Figure(
+        "apply_async_p99_us",
+        "    apply_async(no-op) p99",
+        "us",
+        ("latency", "apply_async_noop", "p99_us"),
+    ),
+    Figure("rollup_seconds", "(6) rollup of the large log", "s", ("rollups", "rollup_seconds")),
+    Figure(
+        "report_small_ms",
+        "    report, small log (median)",
+        "ms",
+        ("rollups", "report_small", "median_ms"),
+    ),
+    Figure(
+        "report_big_ms",
+        "    report, large log (median)",
+        "ms",
+        ("rollups", "report_big", "median_ms"),
+    ),
+    Figure("worker_rss_start_mb", "(7) worker RSS at start", "MB", ("memory", "rss_start_mb")),
+    Figure(
+        "worker_rss_first_minute_mb",
+        "    worker RSS after the first minute",
+        "MB",
+        ("memory", "rss_after_first_minute_mb"),
+    ),
+    Figure("worker_rss_end_mb", "    worker RSS at the end", "MB", ("memory", "rss_end_mb")),
+    Figure("worker_rss_peak_mb", "    worker RSS peak", "MB", ("memory", "rss_peak_mb")),
+)
+FIGURE_KEYS = tuple(f.key for f in FIGURES)
+#: Figures of the memory soak, None when it is skipped (--quick).
+MEMORY_KEYS = tuple(k for k in FIGURE_KEYS if k.startswith("worker_rss_"))
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    numerator: str
+    denominator: str | None  # None: the figure itself
+    op: str  # ">=", "<=" or "within" (|value - 1| <= threshold)
+    threshold: float
+
+
+TARGETS = (
+    Target(
+        "ours_batched_over_limit",
+        "(3)/(1)",
+        "ours_batched_events_per_s",
+        "limit_rows_per_s",
+        ">=",
+        0.75,
+    ),
+    Target(
+        "ours_batched_over_naive",
+        "(3)/(2)",
+        "ours_batched_events_per_s",
+        "naive_events_per_s",
+        ">=",
+        25,
+    ),
+    Target(
+        "ours_single_over_noop",
+        "(4)/no-op",
+        "ours_single_events_per_s",
+        "celery_noop_tasks_per_s",
+        ">=",
+        3,
+    ),
+    Target(
+        "record_background_p99_us",
+        "background record p99 (us)",
+        "record_background_p99_us",
+        None,
+        "<=",
+        50,
+    ),
+    Target(
+        "apply_async_p99_over_record_p99",
+        "apply_async p99 / record p99",
+        "apply_async_p99_us",
+        "record_background_p99_us",
+        ">=",
+        40,
+    ),
+    Target(
+        "report_big_over_small",
+        "report latency large/small",
+        "report_big_ms",
+        "report_small_ms",
+        "<=",
+        1.5,
+    ),
+    Target(
+        "rss_end_over_first_minute",
+        "RSS end / after first minute",
+        "worker_rss_end_mb",
+        "worker_rss_first_minute_mb",
+        "within",
+        0.10,
+    ),
+)
+
+
+def _dig(raw: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = raw
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
+    """{"figures", "ratios", "targets"} from the raw results of the phases."""
+    figures = {f.key: _dig(raw, f.path) for f in FIGURES}
+    ratios: dict[str, float | None] = {}
+    targets: list[dict[str, Any]] = []
+    for t in TARGETS:
+        num = figures[t.numerator]
+        den = figures[t.denominator] if t.denominator else 1.0
+        value = None if num is None or not den else num / den
+        if t.denominator:
+            ratios[t.key] = None if value is None else round(value, 4)
+        if value is None:
+            held = None
+        elif t.op == ">=":
+            held = value >= t.threshold
+        elif t.op == "<=":
+            held = value <= t.threshold
+        else:
+            held = abs(value - 1) <= t.threshold
+        want = f"{t.op} {t.threshold:g}" if t.op != "within" else f"within {t.threshold:.0%} of 1"
+        targets.append(
+            {
+                "key": t.key,
+                "label": t.label,
+                "value": None if value is None else round(value, 4),
+                "target": want,
+                "held": held,
+                "status": {True: "held", False: "missed", None: "skipped"}[held],
+            }
+        )
+    return {"figures": figures, "ratios": ratios, "targets": targets}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "skipped"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The figures and the targets as text."""
+    figures = result["figures"]
+    width = max(len(f.label) for f in FIGURES)
+    lines = [f"ai-usage-worker benchmark ({result['meta']['mode']} mode)", ""]
+    for f in FIGURES:
+        lines.append(f"{f.label:<{width}}  {_fmt(figures[f.key]):>12} {f.unit}")
+    lines += ["", "Targets"]
+    twidth = max(len(t["label"]) for t in result["targets"])
+    for t in result["targets"]:
+        status = t["status"].upper() if t["status"] == "missed" else t["status"]
+        lines.append(f"{t['label']:<{twidth}}  {_fmt(t['value']):>10}  {t['target']:<18} {status}")
+    machine = result["meta"]["machine"]
+    lines += [
+        "",
+        f"{machine['cpu_count']} x {machine['cpu_model']}, {machine['memory_total_mb']} MB,"
+        f" Python {machine['python']}, PostgreSQL {machine['postgres']['server_version']}"
+        f" (fsync={machine['postgres']['fsync']},"
+        f" synchronous_commit={machine['postgres']['synchronous_commit']}),"
+        f" Redis {machine['redis']}; servers: {machine['servers']}",
+    ]
+    for note in result["meta"].get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf or NaN: such floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(result), indent=2, default=str, allow_nan=False) + "\n")
