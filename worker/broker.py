@@ -14,10 +14,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,33 @@ def _cached_conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
 def reuse_redis_clients() -> None:
     """Make kombu's Redis channels reuse one client per channel (worker process only)."""
     kombu_redis.Channel.conn_or_acquire = _cached_conn_or_acquire
+    kombu_redis.Channel._brpop_read = _brpop_read_guarded
+
+
+def _brpop_read_guarded(self: Any, **options: Any) -> bool:
+    """kombu's Channel._brpop_read, except that a queue item that is not JSON is set aside in
+    `<queue>.undecodable` instead of raising out of the event loop (which stops the worker)."""
+    try:
+        try:
+            dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        if not dest__item:
+            raise Empty()
+        dest, item = dest__item
+        dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        try:
+            message = loads(bytes_to_str(item))
+        except ValueError:
+            log.error("queue %s: set aside a message that is not JSON", dest)
+            self.client.lpush(f"{dest}.undecodable", item)
+            return True
+        self.connection._deliver(message, dest)
+        return True
+    finally:
+        self._in_poll = None
 
 
 # Pops up to ARGV[1] messages from the queue and records each as unacknowledged, atomically,
@@ -70,15 +100,36 @@ def reuse_redis_clients() -> None:
 _BULK_POP = """
 local items = redis.call('RPOP', KEYS[1], ARGV[1])
 if not items then return {} end
+local taken = {}
 for _, item in ipairs(items) do
-  local props = cjson.decode(item)['properties']
-  local info = props['delivery_info']
-  redis.call('ZADD', KEYS[2], ARGV[2], props['delivery_tag'])
-  redis.call('HSET', KEYS[3], props['delivery_tag'],
-    '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ','
-        .. cjson.encode(info['routing_key']) .. ']')
+  -- Nothing may raise after the RPOP: Redis does not undo it. cjson refuses some envelopes
+  -- that are valid JSON (a lone surrogate escape in Celery's argsrepr), so the envelope's
+  -- fields are then read from the raw text; an item with no delivery tag at all is not a
+  -- kombu message and is set aside in KEYS[4], never dropped.
+  local tag, exchange, routing_key
+  local ok, msg = pcall(cjson.decode, item)
+  if ok and type(msg) == 'table' and type(msg['properties']) == 'table'
+      and type(msg['properties']['delivery_info']) == 'table' then
+    local props = msg['properties']
+    tag = props['delivery_tag']
+    exchange = props['delivery_info']['exchange']
+    routing_key = props['delivery_info']['routing_key']
+  else
+    tag = string.match(item, '"delivery_tag": *"([^"]+)"')
+    exchange = string.match(item, '"exchange": *"([^"]*)"')
+    routing_key = string.match(item, '"routing_key": *"([^"]*)"')
+  end
+  if type(tag) == 'string' then
+    redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    redis.call('HSET', KEYS[3], tag,
+      '[' .. item .. ',' .. cjson.encode(exchange or '') .. ','
+          .. cjson.encode(routing_key or '') .. ']')
+    taken[#taken + 1] = item
+  else
+    redis.call('LPUSH', KEYS[4], item)
+  end
 end
-return items
+return taken
 """
 
 
@@ -114,13 +165,25 @@ class BulkReceiver:
                 if self._script is None:
                     self._script = client.register_script(_BULK_POP)
                 items = self._script(
-                    keys=[self._queue, qos.unacked_index_key, qos.unacked_key],
+                    keys=[
+                        self._queue,
+                        qos.unacked_index_key,
+                        qos.unacked_key,
+                        f"{self._queue}.undecodable",
+                    ],
                     args=[room, time.time()],
                     client=client,
                 )
             receive = self._consumer.task_consumer._receive_callback
             for item in items:
-                received = channel.Message(json.loads(item), channel=channel)
+                try:
+                    envelope = json.loads(item)
+                except ValueError:
+                    log.error("queue %s: set aside a message that is not JSON", self._queue)
+                    with channel.conn_or_acquire() as client:
+                        client.lpush(f"{self._queue}.undecodable", item)
+                    continue
+                received = channel.Message(envelope, channel=channel)
                 virtual.QoS.append(qos, received, received.delivery_tag)
                 receive(received)
         except kombu_redis.redis.RedisError as exc:

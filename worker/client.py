@@ -17,57 +17,33 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import functools
 import json
 import logging
 import os
-import random
-import socket
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, Literal, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal
 
+from worker.envelope import EMBED, EMBED_ESCAPED, escape_json, new_id, redis_envelope
 from worker.events import UsageEvent, parse_event
 from worker.settings import QUEUE
+from worker.tracking import TrackingMixin, UsageTracker, extract_usage
+
+__all__ = ["UsageClient", "UsageTracker", "extract_usage"]
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 RECORD = "ai_usage.record"
 RECORD_BATCH = "ai_usage.record_batch"
-# The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.
-_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
-_ORIGIN = f"ai-usage-client@{socket.gethostname()}"
-
-
-# Event ids from a PRNG seeded by os.urandom (and reseeded in a forked child): uuid4() reads
-# os.urandom on every call, a system call that also hands the GIL to the publishing thread.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def _new_id() -> uuid.UUID:
-    return uuid.UUID(int=_ids.getrandbits(128), version=4)
-
-
-def _escape_json(text: str) -> str:
-    """`text` escaped as the inside of a JSON string literal."""
-    return json.dumps(text)[1:-1]
-
-
-_EMBED_ESCAPED = _escape_json(_EMBED)
 
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
 
 
-class UsageClient:
+class UsageClient(TrackingMixin):
     """Publishes usage events to the ai_usage queue. Thread-safe; safe across fork."""
 
     def __init__(
@@ -151,7 +127,7 @@ class UsageClient:
         nothing else is raised; in sync mode a broker error is raised after a few retries."""
         event = parse_event(
             {
-                "id": id if id is not None else _new_id(),
+                "id": id if id is not None else new_id(),
                 "tenant_id": tenant_id,
                 "user_id": user_id,
                 "assessment_id": assessment_id,
@@ -190,7 +166,7 @@ class UsageClient:
             return
         # Escaped here, a few microseconds per event, so that the publishing thread never has
         # to escape a whole batch while holding the GIL (see _publish_raw).
-        self._queue.append(_escape_json(event.model_dump_json(exclude_none=True)))
+        self._queue.append(escape_json(event.model_dump_json(exclude_none=True)))
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -225,7 +201,7 @@ class UsageClient:
                 while self._queue and len(batch) < self.batch_size:
                     batch.append(self._queue.popleft())
                 self._in_flight = len(batch)
-                body = "[[[" + ",".join(batch) + "]],{}," + _EMBED_ESCAPED + "]"
+                body = "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
                 while True:
                     try:
                         self._publish_raw(RECORD_BATCH, body)
@@ -307,7 +283,7 @@ class UsageClient:
         if self._publisher is not None:
             self._publisher(task, args, kwargs)
             return
-        body = _escape_json(json.dumps([args, kwargs, json.loads(_EMBED)]))
+        body = escape_json(json.dumps([args, kwargs, EMBED]))
         attempts = 4 if retry else 1
         for attempt in range(attempts):
             try:
@@ -322,52 +298,14 @@ class UsageClient:
         """LPUSH one Celery protocol-2 message, in kombu's Redis envelope, to the queue.
         `body` is the message body already escaped as the inside of a JSON string.
 
-        This is what kombu's Redis transport does for a message to the default exchange (the
-        routing key names the queue), done with one redis-py call: kombu's own publish spends
-        ~10x the Python time per message, and the GIL it holds is time stolen from the
-        application's threads. The end-to-end tests consume these messages with a real worker.
+        kombu's own publish spends ~10x the Python time per message, and the GIL it holds is
+        time stolen from the application's threads (see worker.envelope).
         """
         if self._publisher is not None:
             args, kwargs, _ = json.loads(json.loads(f'"{body}"'))
             self._publisher(task, args, kwargs)
             return
-        task_id = str(uuid.uuid4())
-        headers = {
-            "lang": "py",
-            "task": task,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": None,
-            "kwargsrepr": None,
-            "origin": _ORIGIN,
-            "ignore_result": True,
-        }
-        rest = json.dumps(
-            {
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": headers,
-                "properties": {
-                    "correlation_id": task_id,
-                    "reply_to": "",
-                    "delivery_mode": 2,
-                    "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                    "priority": 0,
-                    "body_encoding": "utf-8",
-                    "delivery_tag": str(uuid.uuid4()),
-                },
-            }
-        )
-        # The body is spliced in as it is: no pass over the whole batch here.
-        envelope = '{"body": "' + body + '", ' + rest[1:]
+        envelope = redis_envelope(task, body)
         with self._app_lock:
             client = self._redis()
         client.lpush(QUEUE, envelope)
@@ -388,101 +326,6 @@ class UsageClient:
                 url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
             )
         return self._app
-
-    # -- timing helper -----------------------------------------------------------------------
-
-    @contextmanager
-    def track_usage(self, **fields: Any) -> Iterator[UsageTracker]:
-        """Time an AI call and record it; records `success="failure"` if the block raises.
-
-        with usage.track_usage(tenant_id=t, operation="summarise", model="gpt-4o") as call:
-            response = openai_client.chat.completions.create(...)
-            call.response(response)
-        """
-        tracker = UsageTracker()
-        started = time.perf_counter()
-        try:
-            yield tracker
-        except BaseException:
-            self._record_tracked(fields, tracker, started, failed=True)
-            raise
-        self._record_tracked(fields, tracker, started, failed=False)
-
-    def track(self, **fields: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorator form of track_usage: the function's return value is read as the response."""
-
-        def decorate(func: Callable[P, R]) -> Callable[P, R]:
-            @functools.wraps(func)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                with self.track_usage(**fields) as call:
-                    result = func(*args, **kwargs)
-                    call.response(result)
-                    return result
-
-            return wrapper
-
-        return decorate
-
-    def _record_tracked(
-        self, fields: dict[str, Any], tracker: UsageTracker, started: float, *, failed: bool
-    ) -> None:
-        values = dict(fields)
-        values.setdefault("duration_ms", int((time.perf_counter() - started) * 1000))
-        values.setdefault("input_tokens", tracker.input_tokens or 0)
-        values.setdefault("output_tokens", tracker.output_tokens or 0)
-        if "model" not in values and tracker.model:
-            values["model"] = tracker.model
-        values["success"] = "failure" if failed else values.get("success", "success")
-        if failed:
-            try:
-                self.record(**values)
-            except Exception:  # never mask the application's own exception
-                log.exception("could not record the failed AI call")
-        else:
-            self.record(**values)
-
-
-class UsageTracker:
-    """Collects token counts inside `track_usage`."""
-
-    def __init__(self) -> None:
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.model: str | None = None
-
-    def response(self, response: Any) -> None:
-        """Read token counts (and model) from an Anthropic or OpenAI response object or dict."""
-        tokens = extract_usage(response)
-        if tokens is not None:
-            self.input_tokens, self.output_tokens = tokens
-        model = _get(response, "model")
-        if isinstance(model, str):
-            self.model = model
-
-    def tokens(self, input_tokens: int, output_tokens: int) -> None:
-        """Set the token counts by hand."""
-        self.input_tokens, self.output_tokens = input_tokens, output_tokens
-
-
-def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def extract_usage(response: Any) -> tuple[int, int] | None:
-    """(input, output) tokens of an SDK response, without importing the SDK.
-
-    Anthropic and OpenAI Responses: usage.input_tokens / usage.output_tokens.
-    OpenAI chat completions: usage.prompt_tokens / usage.completion_tokens."""
-    usage = _get(response, "usage")
-    if usage is None:
-        return None
-    for inp, out in (("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")):
-        i, o = _get(usage, inp), _get(usage, out)
-        if isinstance(i, int) and isinstance(o, int):
-            return i, o
-    return None
 
 
 @atexit.register

@@ -112,8 +112,11 @@ class UsageEvent(BaseModel):
 
 def _describe(error: ValidationError) -> tuple[str, str]:
     first = error.errors(include_url=False)[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    # The top-level field only: a union's member (`cost_usd.float`) is not a field.
+    loc = str(first["loc"][0]) if first["loc"] else ""
     msg = first["msg"]
+    if not loc and first["type"] == "string_unicode":  # a field name that is not valid Unicode
+        return "event", f"field name {first['input']!a} is not valid Unicode"
     if not loc:
         # Model-level checks put the field name in front of their message ("total_tokens: ...").
         if msg.startswith("Value error, "):

@@ -309,10 +309,17 @@ def _describe_db_error(exc: psycopg2.Error) -> tuple[str, str | None]:
     return message, column
 
 
+def _db_text(value: str) -> str:
+    """`value` as a PostgreSQL text column can hold it: NUL bytes and lone surrogates (which a
+    reason may quote from the input) escaped."""
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _store_dead_letters(cur: Any, letters: Sequence[DeadLetter]) -> None:
     for letter in letters:
         payload = encode_payload(letter.payload)
-        error = letter.error
+        error = _db_text(letter.error)
+        field = _db_text(letter.field)[:100] if letter.field else None
         if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
             error = f"{error} [payload truncated from {len(payload)} characters]"
             payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
@@ -323,6 +330,6 @@ def _store_dead_letters(cur: Any, letters: Sequence[DeadLetter]) -> None:
         )
         cur.execute(
             _DEAD_LETTER,
-            (key, str(letter.event_id) if letter.event_id else None, payload, error, letter.field),
+            (key, str(letter.event_id) if letter.event_id else None, payload, error, field),
         )
         log.warning("dead-lettered event %s: %s", letter.event_id or "(no id)", error)

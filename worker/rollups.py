@@ -149,6 +149,10 @@ def run_rollup(
             text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK_KEY}
         ).scalar_one():
             return RollupResult(ran=False)
+        # Wait for every writer that has marked a month dirty to commit, and hold off new
+        # marks until this run commits: a writer whose mark already existed would otherwise
+        # commit rows this run cannot see after it has taken (deleted) that mark.
+        conn.execute(text("LOCK TABLE ai_usage_rollup_dirty IN SHARE ROW EXCLUSIVE MODE"))
         plan: dict[dt.date, set[uuid.UUID] | None] = {}
         if months is None:
             dirty: dict[dt.date, set[uuid.UUID]] = defaultdict(set)

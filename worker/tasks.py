@@ -62,13 +62,25 @@ def _consumer_batcher(consumer: Any) -> Batcher:
             acknowledge=ack_messages,
         )
         consumer._ai_usage_batcher = batcher
-        consumer.timer.call_repeatedly(max(0.01, s.batch_max_wait_ms / 4000), batcher.tick)
+    _arm_timers(consumer, batcher)
+    return batcher
+
+
+def _arm_timers(consumer: Any, batcher: Batcher) -> None:
+    """(Re)register the batcher's timers on every (re)start of the consumer: on a broker
+    connection loss Celery clears the hub's timer (celery.worker.loops.asynloop calls
+    hub.timer.clear()), then rebuilds the task strategies once reconnected."""
+    s = get_settings()
+    for entry in getattr(consumer, "_ai_usage_timers", ()):
+        entry.cancel()
+    consumer._ai_usage_timers = [
+        consumer.timer.call_repeatedly(max(0.01, s.batch_max_wait_ms / 4000), batcher.tick),
         # kombu sweeps for messages whose visibility timeout passed (a crashed worker's) only
         # every 100 s, whatever the timeout; sweep every half timeout (at most 30 s) instead.
         consumer.timer.call_repeatedly(
             min(30.0, s.visibility_timeout / 2), _restore_expired, (consumer,)
-        )
-    return batcher
+        ),
+    ]
 
 
 def _consumer_receiver(consumer: Any, batcher: Batcher) -> BulkReceiver:

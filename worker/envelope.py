@@ -1,0 +1,80 @@
+"""Celery protocol-2 task messages in kombu's Redis envelope, built by hand for the client.
+
+This is what kombu's Redis transport stores for a message sent to the default exchange (the
+routing key names the queue, and LPUSH puts it there): the client makes it with one redis-py
+call instead of Celery's send_task, whose Python work per message holds the GIL the host
+application's threads need. The end-to-end tests consume these messages with a real worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import uuid
+from typing import Any
+
+from worker.settings import QUEUE
+
+#: The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.
+EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_ORIGIN = f"ai-usage-client@{socket.gethostname()}"
+
+# Event ids from a PRNG seeded by os.urandom (and reseeded in a forked child): uuid4() reads
+# os.urandom on every call, a system call that also hands the GIL to the publishing thread.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_id() -> uuid.UUID:
+    """A random (version 4) UUID."""
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
+
+
+def escape_json(text: str) -> str:
+    """`text` escaped as the inside of a JSON string literal."""
+    return json.dumps(text)[1:-1]
+
+
+EMBED_ESCAPED = escape_json(json.dumps(EMBED))
+
+
+def redis_envelope(task: str, body: str) -> str:
+    """The envelope kombu's Redis transport would LPUSH for `task`; `body` is the protocol-2
+    body already escaped as the inside of a JSON string, and is spliced in untouched."""
+    task_id = str(uuid.uuid4())
+    rest = json.dumps(
+        {
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": task,
+                "id": task_id,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": task_id,
+                "parent_id": None,
+                "argsrepr": None,
+                "kwargsrepr": None,
+                "origin": _ORIGIN,
+                "ignore_result": True,
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "utf-8",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+    return '{"body": "' + body + '", ' + rest[1:]
