@@ -18,6 +18,7 @@ from typing import IO
 import psutil
 
 from bench.servers import ROOT, Stack
+from worker.settings import WORKER_ARGS
 
 CELERY = str(Path(sys.executable).parent / "celery")
 
@@ -163,17 +164,7 @@ def ours(stack: Stack, workdir: Path) -> Worker:
         CELERY,
         "-A",
         "worker.celery_app",
-        "worker",
-        "-Q",
-        "ai_usage",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "1",
-        "--without-mingle",
-        "--without-gossip",
-        "--loglevel",
-        "INFO",
+        *WORKER_ARGS,
         "--hostname",
         f"bench-ours-{secrets.token_hex(3)}@%h",
     ]

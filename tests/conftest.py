@@ -27,6 +27,7 @@ from alembic import command
 from worker import settings as settings_mod
 from worker.db import dispose_engine
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.settings import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -216,17 +217,7 @@ class WorkerProcess:
                 CELERY,
                 "-A",
                 "worker.celery_app",
-                "worker",
-                "-Q",
-                "ai_usage",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "INFO",
+                *WORKER_ARGS,
                 "--hostname",
                 f"test-{secrets.token_hex(3)}@%h",
                 *self.args,

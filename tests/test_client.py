@@ -204,3 +204,12 @@ def test_track_usage_times_and_records_failures(broker: FakeBroker) -> None:
     assert ok["model"] == "gpt-4o"
     assert failed["success"] == "failure" and failed["input_tokens"] == 0
     assert decorated["operation"] == "draft" and decorated["output_tokens"] == 2
+
+
+def test_close_publishes_a_held_back_partial_batch(broker: FakeBroker) -> None:
+    for _ in range(20):  # close() racing the thread at different points of its loop
+        client = broker.client(batch_size=1000, flush_interval_ms=60_000)
+        ids = {record(client) for _ in range(7)}
+        assert client.close(2)
+        assert ids <= {uuid.UUID(e["id"]) for e in broker.events()}
+    assert len(broker.events()) == 140

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from tests.conftest import ROOT
+from worker.settings import WORKER_ARGS
 
 
 def procfile() -> dict[str, str]:
@@ -23,7 +24,7 @@ def compose() -> dict[str, dict[str, object]]:
 def test_procfile_has_release_worker_and_beat() -> None:
     p = procfile()
     assert p["release"] == "alembic upgrade head"
-    assert p["worker"].startswith("celery -A worker.celery_app worker -Q ai_usage")
+    assert p["worker"] == "celery -A worker.celery_app " + " ".join(WORKER_ARGS)
     assert p["beat"].startswith("celery -A worker.celery_app beat")
 
 

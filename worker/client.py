@@ -191,8 +191,11 @@ class UsageClient(TrackingMixin):
     def _run(self) -> None:
         failures = 0
         while True:
-            timed_out = not self._wake.wait(self.flush_interval)
-            self._wake.clear()
+            if self._stop:
+                timed_out = True  # closing: no more waiting, publish what is left
+            else:
+                timed_out = not self._wake.wait(self.flush_interval)
+                self._wake.clear()
             # Full batches go at once; a partial one waits for the interval (or a flush), so
             # that a steady trickle is sent as few, large messages.
             drain = timed_out or self._stop or self._drain
@@ -231,7 +234,8 @@ class UsageClient(TrackingMixin):
                 self._drain = False
             with self._idle:
                 self._idle.notify_all()
-            if self._stop:
+            # close() may have come while a partial batch was held back: go round once more.
+            if self._stop and not self._queue:
                 return
 
     def _give_up(self, events: list[str]) -> None:

@@ -21,7 +21,7 @@ from types import FrameType
 
 from sqlalchemy import create_engine, text
 
-from worker.settings import normalise_database_url, redact_url
+from worker.settings import WORKER_ARGS, normalise_database_url, redact_url
 
 DEMO_TENANTS = ("Acme Corp", "Globex", "Initech", "Umbrella")
 DEMO_MODELS = (
@@ -170,7 +170,7 @@ def run(once: bool, events: int, root: Path) -> int:
         ready_from = (state / "worker.log").stat().st_size if (state / "worker.log").exists() else 0
         celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
         for name, args in (
-            ("worker", ["worker", "-Q", "ai_usage", "--concurrency", "1", "--loglevel", "INFO"]),
+            ("worker", list(WORKER_ARGS)),
             (
                 "beat",
                 ["beat", "--loglevel", "INFO", "--schedule", str(state / "celerybeat-schedule")],

@@ -16,6 +16,18 @@ from worker.errors import ConfigError
 
 #: The queue every ai_usage task is routed to. Part of the public contract.
 QUEUE = "ai_usage"
+#: `celery -A worker.celery_app` + these runs the worker, as the Procfile does (a test checks).
+WORKER_ARGS = (
+    "worker",
+    "-Q",
+    QUEUE,
+    "--concurrency",
+    "1",
+    "--loglevel",
+    "INFO",
+    "--without-mingle",
+    "--without-gossip",
+)
 
 
 class Settings(BaseSettings):
