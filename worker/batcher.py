@@ -80,16 +80,11 @@ class Batcher:
         self._failures = 0
         self._retry_at = 0.0
         self._in_flight: tuple[Future[WriteResult], list[Pending]] | None = None
-        self.last_result: WriteResult | None = None
 
     @property
     def pending_events(self) -> int:
         """Events received and not yet handed to the database."""
         return self._events
-
-    @property
-    def pending_messages(self) -> int:
-        return len(self._pending)
 
     def add(self, events: Sequence[Any], size: int, ack: Any) -> None:
         """Take one message; writes at once if that fills the batch (unless backing off)."""
@@ -161,7 +156,6 @@ class Batcher:
     def _succeeded(self, taken: list[Pending], result: WriteResult) -> None:
         self._failures = 0
         self._retry_at = 0.0
-        self.last_result = result
         try:
             self._acknowledge([p.ack for p in taken])
         except Exception as exc:

@@ -38,11 +38,6 @@ def list_dead_letters(engine: Engine, limit: int = 100) -> list[DeadLetterRow]:
         return [DeadLetterRow(*r) for r in rows]
 
 
-def count_dead_letters(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SELECT count(*) FROM ai_usage_dead_letters")).scalar_one())
-
-
 @dataclass
 class ReplayResult:
     landed: int = 0

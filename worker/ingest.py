@@ -181,7 +181,7 @@ def encode_payload(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=True, default=str, sort_keys=True)
 
 
-def prepare(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> list[_Row]:
+def _prepare_rows(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> list[_Row]:
     """Validate and price; invalid events become dead letters, in-batch repeats duplicates."""
     rows: list[_Row] = []
     seen: set[uuid.UUID] = set()
@@ -224,7 +224,7 @@ def prepare_batch(payloads: Sequence[Any], pricer: Pricer) -> PreparedBatch:
     """The CPU half of a write: validate, price and render. Touches no database."""
     started = time.perf_counter()
     result = WriteResult()
-    rows = prepare(payloads, pricer, result)
+    rows = _prepare_rows(payloads, pricer, result)
     return PreparedBatch(rows, result, started)
 
 
