@@ -228,6 +228,9 @@ def test_worker_logs_carry_no_secrets(
         queue="ai_usage",
     )
     wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == 1, 60)
+    # The batch line is logged after the commit and the ack: wait for it, not just the row
+    # (CI once stopped the worker in between).
+    wait_for(lambda: '"batch": {' in worker.log_path.read_text(), 30, what="the batch log line")
     worker.stop()
     log = worker.log_path.read_text()
     assert "dead-lettered" in log and '"batch": {' in log
