@@ -174,6 +174,28 @@ def test_kill_9_while_a_batch_is_in_flight(
     client.close()
 
 
+def test_messages_sent_with_a_priority_land(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # kombu keeps prioritised messages in other lists than the queue's own; the worker's wait
+    # watches the queue's list only, so these are found by its periodic look at all of them.
+    start_worker()
+    events = [event(tenant) for _ in range(4)]
+    for e, priority in zip(events, (0, 3, 6, 9), strict=True):
+        producer.send_task("ai_usage.record", kwargs=e, queue="ai_usage", priority=priority)
+    client = redis.Redis.from_url(redis_url)
+    ids = [e["id"] for e in events]
+    wait_for(lambda: landed(db, ids)[0] == 4, 30, what="prioritised events stored")
+    wait_for(lambda: client.hlen("unacked") == 0, 30)
+    assert landed(db, ids) == (4, 4)
+    assert not [k for k in client.keys("ai_usage*") if client.llen(k)]
+    client.close()
+
+
 def test_python_client_to_worker(
     db: Engine,
     tenant: uuid.UUID,

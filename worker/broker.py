@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from queue import Empty
@@ -61,10 +62,74 @@ def _cached_conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
     yield cached
 
 
-def reuse_redis_clients() -> None:
-    """Make kombu's Redis channels reuse one client per channel (worker process only)."""
+_kombu_brpop_start = kombu_redis.Channel._brpop_start
+_kombu_qos_append = kombu_redis.QoS.append
+
+
+def patch_kombu_redis() -> None:
+    """Patch kombu's Redis transport for the worker process (never for producers):
+
+    - one redis-py client per channel instead of one per operation;
+    - a queue with one consumer is waited on without popping: kombu's BRPOP takes a message
+      out of the queue before the worker has read the reply, so a worker killed in between
+      loses it; here the message is popped and recorded as unacknowledged in one atomic
+      script, after the worker is awake to take it (see `_wait_start`);
+    - a queue item that is not JSON is set aside instead of stopping the worker.
+    """
     kombu_redis.Channel.conn_or_acquire = _cached_conn_or_acquire
-    kombu_redis.Channel._brpop_read = _brpop_read_guarded
+    kombu_redis.Channel._brpop_start = _wait_start
+    kombu_redis.Channel._brpop_read = _wait_read
+    kombu_redis.QoS.append = _append_unless_recorded
+
+
+def _wait_start(self: Any, timeout: float | None = None) -> None:
+    """Instead of `BRPOP queue`, send `BLMOVE queue queue RIGHT RIGHT`: it blocks until the
+    queue holds a message and returns a copy of its tail, leaving the list as it was. The
+    worker then takes messages with `_TAKE`, which records them as unacknowledged in the same
+    step, so at no moment is a message only in a socket."""
+    queues = self.active_queues
+    if self.global_keyprefix or len(queues) != 1:
+        # Several queues cannot be waited on this way (BLMOVE watches one list): kombu's own
+        # BRPOP, with its window, is kept for such consumers. Ours consumes one queue.
+        self.__dict__.pop("_ai_usage_waiting", None)
+        _kombu_brpop_start(self, timeout)
+        return
+    (queue,) = queues
+    if timeout is None:
+        timeout = self.brpop_timeout
+    self._ai_usage_waiting = queue
+    self._in_poll = self.client.connection
+    self.client.connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
+
+
+def _wait_read(self: Any, **options: Any) -> bool:
+    queue = self.__dict__.pop("_ai_usage_waiting", None)
+    if queue is None:
+        return _brpop_read_guarded(self, **options)
+    try:
+        try:
+            self.client.parse_response(self.client.connection, "BLMOVE", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+    finally:
+        self._in_poll = None
+    # Take even when the wait timed out: it watches the queue's main list only, and messages
+    # sent with a priority wait in the queue's other lists.
+    items = take(self, queue, 1)
+    if not items:
+        raise Empty()
+    deliver(self, queue, items)
+    return True
+
+
+def _append_unless_recorded(self: Any, message: Any, delivery_tag: str) -> None:
+    # kombu's QoS.append writes the message to 'unacked'; `_TAKE` has already done that for
+    # the messages `deliver` hands over, so only the in-memory bookkeeping is left to do.
+    if getattr(self.channel, "_ai_usage_recorded", False):
+        virtual.QoS.append(self, message, delivery_tag)
+    else:
+        _kombu_qos_append(self, message, delivery_tag)
 
 
 def _brpop_read_guarded(self: Any, **options: Any) -> bool:
@@ -93,60 +158,110 @@ def _brpop_read_guarded(self: Any, **options: Any) -> bool:
         self._in_poll = None
 
 
-# Pops up to ARGV[1] messages from the queue and records each as unacknowledged, atomically,
-# exactly as kombu's QoS.append does for one message (ZADD to the index, HSET of
-# [payload, exchange, routing_key]); the payload is spliced in unparsed so that nothing in it
-# is re-encoded. Needs Redis >= 6.2 (RPOP with a count).
-_BULK_POP = """
-local items = redis.call('RPOP', KEYS[1], ARGV[1])
-if not items then return {} end
+# Pops up to ARGV[1] messages from the queue's lists (KEYS[4..], in kombu's priority order) and
+# records each as unacknowledged, atomically, exactly as kombu's QoS.append does for one message
+# (ZADD to the index, HSET of [payload, exchange, routing_key]); the payload is spliced in
+# unparsed so that nothing in it is re-encoded. Needs Redis >= 6.2 (RPOP with a count).
+_TAKE = """
+local want = tonumber(ARGV[1])
 local taken = {}
-for _, item in ipairs(items) do
-  -- Nothing may raise after the RPOP: Redis does not undo it. cjson refuses some envelopes
-  -- that are valid JSON (a lone surrogate escape in Celery's argsrepr), so the envelope's
-  -- fields are then read from the raw text; an item with no delivery tag at all is not a
-  -- kombu message and is set aside in KEYS[4], never dropped.
-  local tag, exchange, routing_key
-  local ok, msg = pcall(cjson.decode, item)
-  if ok and type(msg) == 'table' and type(msg['properties']) == 'table'
-      and type(msg['properties']['delivery_info']) == 'table' then
-    local props = msg['properties']
-    tag = props['delivery_tag']
-    exchange = props['delivery_info']['exchange']
-    routing_key = props['delivery_info']['routing_key']
-  else
-    tag = string.match(item, '"delivery_tag": *"([^"]+)"')
-    exchange = string.match(item, '"exchange": *"([^"]*)"')
-    routing_key = string.match(item, '"routing_key": *"([^"]*)"')
-  end
-  if type(tag) == 'string' then
-    redis.call('ZADD', KEYS[2], ARGV[2], tag)
-    redis.call('HSET', KEYS[3], tag,
-      '[' .. item .. ',' .. cjson.encode(exchange or '') .. ','
-          .. cjson.encode(routing_key or '') .. ']')
-    taken[#taken + 1] = item
-  else
-    redis.call('LPUSH', KEYS[4], item)
+for k = 4, #KEYS do
+  if want <= 0 then break end
+  local items = redis.call('RPOP', KEYS[k], want)
+  if items then
+    want = want - #items
+    for _, item in ipairs(items) do
+      -- Nothing may raise after the RPOP: Redis does not undo it. cjson refuses some
+      -- envelopes that are valid JSON (a lone surrogate escape in Celery's argsrepr), so the
+      -- envelope's fields are then read from the raw text; an item with no delivery tag at
+      -- all is not a kombu message and is set aside in KEYS[3], never dropped.
+      local tag, exchange, routing_key
+      local ok, msg = pcall(cjson.decode, item)
+      if ok and type(msg) == 'table' and type(msg['properties']) == 'table'
+          and type(msg['properties']['delivery_info']) == 'table' then
+        local props = msg['properties']
+        tag = props['delivery_tag']
+        exchange = props['delivery_info']['exchange']
+        routing_key = props['delivery_info']['routing_key']
+      else
+        tag = string.match(item, '"delivery_tag": *"([^"]+)"')
+        exchange = string.match(item, '"exchange": *"([^"]*)"')
+        routing_key = string.match(item, '"routing_key": *"([^"]*)"')
+      end
+      if type(tag) == 'string' then
+        redis.call('ZADD', KEYS[1], ARGV[2], tag)
+        redis.call('HSET', KEYS[2], tag,
+          '[' .. item .. ',' .. cjson.encode(exchange or '') .. ','
+              .. cjson.encode(routing_key or '') .. ']')
+        taken[#taken + 1] = item
+      else
+        redis.call('LPUSH', KEYS[3], item)
+      end
+    end
   end
 end
 return taken
 """
+_TAG = re.compile(rb'"delivery_tag": *"([^"]+)"')
+
+
+def take(channel: Any, queue: str, count: int) -> list[bytes]:
+    """Pop up to `count` messages of `queue`, recorded as unacknowledged in the same step."""
+    qos = channel.qos
+    with channel.conn_or_acquire() as client:
+        script = channel.__dict__.get("_ai_usage_take")
+        if script is None:
+            script = channel.__dict__["_ai_usage_take"] = client.register_script(_TAKE)
+        lists = dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps)
+        items: list[bytes] = script(
+            keys=[qos.unacked_index_key, qos.unacked_key, f"{queue}.undecodable", *lists],
+            args=[count, time.time()],
+            client=client,
+        )
+    return items
+
+
+def deliver(channel: Any, queue: str, items: Sequence[bytes]) -> None:
+    """Hand messages `take` returned to the channel's consumer, the way kombu delivers one it
+    popped, so that every message, ours or not, takes Celery's usual path (an unknown task or
+    a pickle body is refused as usual)."""
+    for item in items:
+        try:
+            envelope = json.loads(item)
+        except ValueError:
+            _set_aside(channel, queue, item)
+            continue
+        recorded = getattr(channel, "_ai_usage_recorded", False)
+        channel._ai_usage_recorded = True
+        try:
+            channel.connection._deliver(envelope, queue)
+        finally:
+            channel._ai_usage_recorded = recorded
+
+
+def _set_aside(channel: Any, queue: str, item: bytes) -> None:
+    log.error("queue %s: set aside a message that is not JSON", queue)
+    tag = _TAG.search(item)
+    qos = channel.qos
+    with channel.conn_or_acquire() as client:
+        pipe = client.pipeline()
+        pipe.lpush(f"{queue}.undecodable", item)
+        if tag:  # `_TAKE` recorded it as unacknowledged: it must not come back from there
+            pipe.zrem(qos.unacked_index_key, tag.group(1))
+            pipe.hdel(qos.unacked_key, tag.group(1))
+        pipe.execute()
 
 
 class BulkReceiver:
-    """Takes many waiting messages per Redis round trip instead of kombu's one per BRPOP.
+    """Takes many waiting messages per Redis round trip instead of kombu's one per wait.
 
-    Called after each message the consumer delivers; when the batch has room, it pops up to
-    that many more messages (registered as unacknowledged in the same atomic script) and hands
-    each to the consumer's own receive callback, so every message, ours or not, takes Celery's
-    usual path from there (an unknown task or a pickle body is refused as usual)."""
+    Called after each message the consumer delivers; when the batch has room, it takes up to
+    that many more messages and delivers them."""
 
-    def __init__(self, consumer: Any, queue: str, room: Callable[[], int]) -> None:
-        self._consumer = consumer
+    def __init__(self, queue: str, room: Callable[[], int]) -> None:
         self._queue = queue
         self._room = room
         self._busy = False
-        self._script: Any = None
 
     def after_message(self, message: Any) -> None:
         """Fill the batch from the queue `message` came from, if it is a Redis one."""
@@ -161,32 +276,8 @@ class BulkReceiver:
             return
         self._busy = True
         try:
-            with channel.conn_or_acquire() as client:
-                if self._script is None:
-                    self._script = client.register_script(_BULK_POP)
-                items = self._script(
-                    keys=[
-                        self._queue,
-                        qos.unacked_index_key,
-                        qos.unacked_key,
-                        f"{self._queue}.undecodable",
-                    ],
-                    args=[room, time.time()],
-                    client=client,
-                )
-            receive = self._consumer.task_consumer._receive_callback
-            for item in items:
-                try:
-                    envelope = json.loads(item)
-                except ValueError:
-                    log.error("queue %s: set aside a message that is not JSON", self._queue)
-                    with channel.conn_or_acquire() as client:
-                        client.lpush(f"{self._queue}.undecodable", item)
-                    continue
-                received = channel.Message(envelope, channel=channel)
-                virtual.QoS.append(qos, received, received.delivery_tag)
-                receive(received)
+            deliver(channel, self._queue, take(channel, self._queue, room))
         except kombu_redis.redis.RedisError as exc:
-            log.warning("bulk receive failed (%s); kombu's own delivery continues", exc)
+            log.warning("bulk receive failed (%s); the consumer's own wait continues", exc)
         finally:
             self._busy = False

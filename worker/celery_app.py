@@ -23,9 +23,9 @@ def _setup_logging(**_: Any) -> None:
 
 @signals.celeryd_init.connect
 def _worker_setup(**_: Any) -> None:
-    from worker.broker import reuse_redis_clients
+    from worker.broker import patch_kombu_redis
 
-    reuse_redis_clients()
+    patch_kombu_redis()
     _prune_metrics_dir()
 
 

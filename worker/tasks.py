@@ -86,9 +86,7 @@ def _arm_timers(consumer: Any, batcher: Batcher) -> None:
 def _consumer_receiver(consumer: Any, batcher: Batcher) -> BulkReceiver:
     receiver: BulkReceiver | None = getattr(consumer, "_ai_usage_receiver", None)
     if receiver is None:
-        receiver = BulkReceiver(
-            consumer, QUEUE, lambda: batcher.max_events - batcher.pending_events
-        )
+        receiver = BulkReceiver(QUEUE, lambda: batcher.max_events - batcher.pending_events)
         consumer._ai_usage_receiver = receiver
     return receiver
 
