@@ -27,6 +27,8 @@ from worker.settings import Settings
 
 T = TypeVar("T")
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+#: A quick run's figures are not comparable with a full run's: they must not replace them.
+QUICK_OUTPUT = ROOT / "bench" / "results" / "quick.json"
 TENANTS = 100
 DESCRIPTION = (
     "Benchmark of the ai_usage pipeline (issue 5): write limit, naive baseline, our pipeline,"
@@ -101,8 +103,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     p.add_argument(
         "--output",
         type=Path,
-        default=DEFAULT_OUTPUT,
-        help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(ROOT)})",
+        help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(ROOT)},"
+        f" {QUICK_OUTPUT.relative_to(ROOT)} with --quick)",
     )
     p.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
     p.add_argument(
@@ -117,6 +119,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     )
     a = p.parse_args(argv)
     mode = "quick" if a.quick else "full"
+    if a.output is None:
+        a.output = QUICK_OUTPUT if a.quick else DEFAULT_OUTPUT
     d = DEFAULTS[mode]
 
     def size(name: str) -> float:
