@@ -43,31 +43,41 @@ def test_unknown_provider_hint_falls_back_to_model() -> None:
     )
 
 
+def _token_counts(rng: random.Random, model_price: object) -> list[tuple[int, int]]:
+    from worker.pricing import _shape
+
+    counts = [(0, 0), (rng.randint(0, 300_000), rng.randint(0, 50_000))]
+    for bound in _shape(model_price).bounds:  # either side of, and on, every tier threshold
+        counts += [(bound + d, rng.randint(0, 50_000)) for d in (-1, 0, 1, 2) if bound + d >= 0]
+        counts.append((bound + rng.randint(3, 2_000_000), rng.randint(0, 50_000)))
+    return counts
+
+
 def test_fast_path_equals_genai_prices_for_every_model() -> None:
-    """The linear shortcut must give exactly genai-prices' own result."""
+    """The piecewise-linear shortcut must give exactly genai-prices' own result, tiered prices
+    included, on and around every tier threshold."""
+    from worker.pricing import _shape
+
     snapshot = data_snapshot.get_snapshot()
     rng = random.Random(7)
-    when = dt.datetime(2025, 9, 1, tzinfo=UTC)
-    checked = 0
-    for provider in snapshot.providers:
-        for model in provider.models:
-            inp, out = rng.randint(0, 300_000), rng.randint(0, 50_000)
-            try:
-                expected = model.calc_price(
-                    Usage(input_tokens=inp, output_tokens=out),
-                    provider,
-                    genai_request_timestamp=when,
-                ).total_price
-            except Exception:
-                continue
-            from worker.pricing import _calc, _linear
-
-            mp = model.get_prices(when)
-            linear = _linear(mp)
-            got = (linear[0] + linear[1] * inp + linear[2] * out) if linear else _calc(mp, inp, out)
-            assert got == expected, (provider.id, model.id)
-            checked += 1
-    assert checked > 100
+    checked = tiered = 0
+    for when in (dt.datetime(2025, 3, 1, tzinfo=UTC), dt.datetime(2026, 9, 1, tzinfo=UTC)):
+        for provider in snapshot.providers:
+            for model in provider.models:
+                mp = model.get_prices(when)
+                for inp, out in _token_counts(rng, mp):
+                    try:
+                        expected = model.calc_price(
+                            Usage(input_tokens=inp, output_tokens=out),
+                            provider,
+                            genai_request_timestamp=when,
+                        ).total_price
+                    except Exception:
+                        continue
+                    assert _shape(mp).price(inp, out) == expected, (provider.id, model.id, inp)
+                    checked += 1
+                tiered += bool(_shape(mp).bounds)
+    assert checked > 1000 and tiered > 20, (checked, tiered)
 
 
 def write_overrides(tmp_path: Path, entries: list[dict[str, object]]) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -128,42 +129,34 @@ class PreparedBatch:
     started: float
 
 
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escape(value: str) -> str:
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
+    # Most labels need no escaping: one regex scan instead of four replaces.
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+_NULL = "\\N"
+
+
+def _uid(v: uuid.UUID | None) -> str:
+    # 32 hex digits are valid uuid input, and cheaper to make than the dashed form.
+    return _NULL if v is None else v.hex
 
 
 def _copy_line(row: _Row) -> str:
     e = row.event
-
-    def opt(v: object) -> str:
-        return "\\N" if v is None else str(v)
-
-    def uid(v: uuid.UUID | None) -> str:
-        # 32 hex digits are valid uuid input, and cheaper to make than the dashed form.
-        return "\\N" if v is None else v.hex
-
+    # Profiled: this runs once per event on the consumer thread, so it is one f-string.
     return (
-        "\t".join(
-            (
-                e.id.hex,
-                e.tenant_id.hex,
-                uid(e.user_id),
-                _escape(e.operation),
-                _escape(e.model),
-                str(e.input_tokens),
-                str(e.output_tokens),
-                str(e.total_tokens),
-                "\\N" if row.cost is None else repr(row.cost),
-                uid(e.assessment_id),
-                uid(e.lead_id),
-                opt(e.duration_ms),
-                e.success,
-                e.created_at.isoformat(),
-            )
-        )
-        + "\n"
+        f"{e.id.hex}\t{e.tenant_id.hex}\t{_uid(e.user_id)}\t{_escape(e.operation)}\t"
+        f"{_escape(e.model)}\t{e.input_tokens}\t{e.output_tokens}\t{e.total_tokens}\t"
+        f"{_NULL if row.cost is None else repr(row.cost)}\t{_uid(e.assessment_id)}\t"
+        f"{_uid(e.lead_id)}\t{_NULL if e.duration_ms is None else e.duration_ms}\t"
+        f"{e.success}\t{e.created_at.isoformat()}\n"
     )
 
 

@@ -9,6 +9,7 @@ An unknown model prices to None (stored as NULL, counted and logged), never to 0
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import json
@@ -109,12 +110,7 @@ class Pricer:
         info = _find_model(ref, prov)
         if info is None:
             return None
-        model_price = info.get_prices(at)
-        linear = _linear(model_price)
-        if linear is not None:
-            base, per_in, per_out = linear
-            return base + per_in * input_tokens + per_out * output_tokens
-        return _calc(model_price, input_tokens, output_tokens)
+        return _shape(info.get_prices(at)).price(input_tokens, output_tokens)
 
     def is_known(self, model: str, provider: str | None) -> bool:
         """Whether any price source knows `model`."""
@@ -145,28 +141,54 @@ def _calc(model_price: Any, input_tokens: int, output_tokens: int) -> Decimal:
     return Decimal(result["total_price"])
 
 
-# genai-prices' own calculation costs ~200 us; for prices without tiers it is linear in the
-# token counts, so derive its coefficients once per price object from genai-prices itself.
-_linear_cache: dict[int, tuple[Any, tuple[Decimal, Decimal, Decimal] | None]] = {}
+class _Shape:
+    """A price as a function of the token counts, read off genai-prices once per price.
+
+    genai-prices' own calculation costs 200-330 us a call, most of a worker's time per event.
+    Its result is linear in the counts between the tier thresholds (a tier applies its rate to
+    all tokens once the input exceeds its start), so each segment's coefficients are derived
+    from genai-prices itself, one token apart, and the rest is exact Decimal arithmetic."""
+
+    def __init__(self, model_price: Any) -> None:
+        from genai_prices.types import TieredPrices
+
+        self.model_price = model_price
+        self.bounds = sorted(
+            {
+                tier.start
+                for value in vars(model_price).values()
+                if isinstance(value, TieredPrices)
+                for tier in value.tiers
+            }
+        )
+        # Segment i holds the input counts n with bounds[i-1] < n <= bounds[i].
+        self.segments: list[tuple[Decimal, Decimal, Decimal] | None] = []
+        for i in range(len(self.bounds) + 1):
+            lo = self.bounds[i - 1] + 1 if i else 0
+            if i < len(self.bounds) and self.bounds[i] < lo + 1:
+                self.segments.append(None)  # too narrow to read a slope in: calculated
+                continue
+            at_lo = _calc(model_price, lo, 0)
+            per_in = _calc(model_price, lo + 1, 0) - at_lo
+            per_out = _calc(model_price, lo, 1) - at_lo
+            self.segments.append((at_lo - per_in * lo, per_in, per_out))
+
+    def price(self, input_tokens: int, output_tokens: int) -> Decimal:
+        segment = self.segments[bisect.bisect_left(self.bounds, input_tokens)]
+        if segment is None:
+            return _calc(self.model_price, input_tokens, output_tokens)
+        base, per_in, per_out = segment
+        return base + per_in * input_tokens + per_out * output_tokens
 
 
-def _linear(model_price: Any) -> tuple[Decimal, Decimal, Decimal] | None:
-    key = id(model_price)
-    hit = _linear_cache.get(key)
-    if hit is not None and hit[0] is model_price:
-        return hit[1]
-    from genai_prices.types import TieredPrices
+_shapes: dict[int, _Shape] = {}
 
-    coefficients: tuple[Decimal, Decimal, Decimal] | None
-    if any(isinstance(v, TieredPrices) for v in vars(model_price).values()):
-        coefficients = None
-    else:
-        base = _calc(model_price, 0, 0)
-        per_in = (_calc(model_price, 1_000_000, 0) - base) / _MTOK
-        per_out = (_calc(model_price, 0, 1_000_000) - base) / _MTOK
-        coefficients = (base, per_in, per_out)
-    _linear_cache[key] = (model_price, coefficients)
-    return coefficients
+
+def _shape(model_price: Any) -> _Shape:
+    shape = _shapes.get(id(model_price))
+    if shape is None or shape.model_price is not model_price:
+        shape = _shapes[id(model_price)] = _Shape(model_price)
+    return shape
 
 
 @functools.cache
