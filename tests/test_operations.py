@@ -55,6 +55,20 @@ def test_check_healthy(db: Engine, tenant: uuid.UUID) -> None:
         "pricing",
     ]
     assert all(line.startswith(("OK", "WARN")) for line in lines)
+    assert "Redis " in lines[2]  # the broker's version, which the worker needs to be >= 6.2
+
+
+@pytest.mark.parametrize(
+    ("version", "too_old"),
+    [("6.0.16", True), ("5.0.7", True), ("6.2.0", False), ("7.0.15", False), ("10.1", False)],
+)
+def test_a_redis_older_than_6_2_is_named(version: str, too_old: bool) -> None:
+    from worker.health import redis_version_problem
+
+    problem = redis_version_problem(version)
+    assert (problem is not None) == too_old
+    if problem:
+        assert version in problem and "6.2" in problem
 
 
 def test_check_reports_warnings_without_failing(db: Engine, tenant: uuid.UUID) -> None:

@@ -24,7 +24,11 @@ def _setup_logging(**_: Any) -> None:
 @signals.celeryd_init.connect
 def _worker_setup(**_: Any) -> None:
     from worker.broker import patch_kombu_redis
+    from worker.health import require_redis_version
+    from worker.settings import get_settings
 
+    # SystemExit, unlike an exception, is not swallowed by Celery's signal dispatch.
+    require_redis_version(get_settings().broker_url)
     patch_kombu_redis()
     _prune_metrics_dir()
 

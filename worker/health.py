@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine, text
 
@@ -70,6 +70,7 @@ def check_broker(settings: Settings) -> list[Check]:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         client.ping()
+        version = _server_version(client)
         depth = 0
         for key in _queue_keys():
             depth += int(client.llen(key))  # type: ignore[arg-type]
@@ -77,10 +78,54 @@ def check_broker(settings: Settings) -> list[Check]:
         client.close()
     except Exception as exc:
         return [Check("broker", "fail", f"unreachable ({redact_url(url)}): {type(exc).__name__}")]
+    too_old = redis_version_problem(version)
     return [
-        Check("broker", "ok", f"reachable ({redact_url(url)})"),
+        Check("broker", "fail", too_old)
+        if too_old
+        else Check("broker", "ok", f"reachable ({redact_url(url)}), Redis {version}"),
         Check("queue", "ok", f"{QUEUE}: {depth} messages waiting, {unacked} unacknowledged"),
     ]
+
+
+#: The worker waits with BLMOVE and takes messages with RPOP and a count: Redis 6.2 commands.
+MIN_REDIS = (6, 2)
+
+
+def redis_version_problem(version: str) -> str | None:
+    """Why the worker cannot use a Redis of this version (from INFO's redis_version), or None."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None  # a fork with its own numbering: let it try
+    if found >= MIN_REDIS:
+        return None
+    need = ".".join(map(str, MIN_REDIS))
+    return (
+        f"Redis {version} is too old: the worker needs Redis {need} or newer (BLMOVE, RPOP count)"
+    )
+
+
+def _server_version(client: Any) -> str:
+    info: dict[str, Any] = client.info("server")
+    return str(info.get("redis_version", "?"))
+
+
+def require_redis_version(url: str) -> None:
+    """Stop a worker whose broker is too old to run it, with one line that says so. A broker
+    that cannot be reached is left to Celery's connection retries."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            version = _server_version(client)
+        finally:
+            client.close()
+    except redis.RedisError:
+        return
+    problem = redis_version_problem(version)
+    if problem:
+        raise SystemExit(f"ai-usage worker: broker {redact_url(url)}: {problem}")
 
 
 def _queue_keys() -> list[str]:
