@@ -79,6 +79,8 @@ def test_message_round_trip() -> None:
         ({"duration_ms": -5}, "duration_ms"),
         ({"success": "maybe"}, "success"),
         ({"created_at": "yesterday"}, "created_at"),
+        ({"created_at": 1_700_000_000}, "created_at"),  # not read as Unix time: ISO-8601 only
+        ({"created_at": 1.7e12}, "created_at"),
         (
             {"created_at": (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()},
             "created_at",

@@ -81,6 +81,16 @@ class UsageEvent(BaseModel):
             return "failure"
         return value
 
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _created_at_is_a_time(cls, value: Any) -> Any:
+        # pydantic would read a number as Unix seconds or milliseconds, by a guess on its size:
+        # a producer's mistake (0, a token count, a duration) would land silently in some
+        # other month's bill. The contract is ISO-8601.
+        if isinstance(value, int | float):
+            raise ValueError("must be an ISO-8601 date-time string, not a number")
+        return value
+
     @field_validator("created_at")
     @classmethod
     def _created_at(cls, value: dt.datetime, info: ValidationInfo) -> dt.datetime:
