@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,6 +78,26 @@ def test_events_sent_by_name_land_exactly_once(
     assert landed(db, ids) == (250, 250)
     assert count_rows(db) == 250
     assert count_rows(db, where="success = 'failure'") == 200
+    assert count_rows(db, "ai_usage_dead_letters") == 0
+
+
+def test_a_python_producer_may_send_native_types(
+    db: Engine,
+    tenant: uuid.UUID,
+    producer: Celery,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # kombu's JSON carries UUID, datetime and Decimal objects as tagged values and the worker's
+    # decoder restores them: a producer need not stringify its own objects.
+    start_worker()
+    when = dt.datetime(2025, 7, 1, 9, 30, tzinfo=dt.UTC)
+    native = event(tenant, id=uuid.uuid4(), tenant_id=tenant, created_at=when)
+    native["cost_usd"] = Decimal("0.0123")
+    producer.send_task("ai_usage.record_batch", args=[[native]], queue="ai_usage")
+    wait_for(lambda: count_rows(db) == 1, 30, what="the native-typed event stored")
+    with db.connect() as conn:
+        row = conn.execute(text("SELECT id, created_at, cost_usd FROM ai_usage_logs")).one()
+    assert tuple(row) == (native["id"], when, 0.0123)
     assert count_rows(db, "ai_usage_dead_letters") == 0
 
 
