@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from queue import Empty
@@ -22,6 +21,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+
+from worker.settings import QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,20 @@ def ack_messages(messages: Sequence[Any]) -> None:
             for message in group:
                 message.ack()
             continue
-        with channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
+        try:
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for message in group:
+                    qos._remove_from_indices(message.delivery_tag, pipe)
+                pipe.execute()
+        finally:
+            # What kombu's Message.ack and the virtual QoS do after the Redis commands. Done
+            # even when those failed: the entries left in 'unacked' come back after the
+            # visibility timeout (and are written once, idempotently), while tags left in the
+            # channel's prefetch count would stop it consuming for good.
             for message in group:
-                qos._remove_from_indices(message.delivery_tag, pipe)
-            pipe.execute()
-        for message in group:
-            # What kombu's Message.ack and the virtual QoS do after the Redis commands.
-            virtual.QoS.ack(qos, message.delivery_tag)
-            message._state = "ACK"
+                virtual.QoS.ack(qos, message.delivery_tag)
+                message._state = "ACK"
 
 
 @contextlib.contextmanager
@@ -74,12 +80,14 @@ def patch_kombu_redis() -> None:
       out of the queue before the worker has read the reply, so a worker killed in between
       loses it; here the message is popped and recorded as unacknowledged in one atomic
       script, after the worker is awake to take it (see `_wait_start`);
-    - a queue item that is not JSON is set aside instead of stopping the worker.
+    - a queue item that is not a kombu message, or an 'unacked' entry that cannot be
+      restored, is set aside in `<queue>.undecodable` instead of stopping the worker.
     """
     kombu_redis.Channel.conn_or_acquire = _cached_conn_or_acquire
     kombu_redis.Channel._brpop_start = _wait_start
     kombu_redis.Channel._brpop_read = _wait_read
     kombu_redis.QoS.append = _append_unless_recorded
+    kombu_redis.QoS.restore_by_tag = _restore_by_tag
 
 
 def _wait_start(self: Any, timeout: float | None = None) -> None:
@@ -114,6 +122,10 @@ def _wait_read(self: Any, **options: Any) -> bool:
             raise
     finally:
         self._in_poll = None
+    if self._closing:
+        # kombu's Channel.close reads the outstanding reply; taking now would leave a message
+        # in 'unacked' until the visibility timeout.
+        raise Empty()
     # Take even when the wait timed out: it watches the queue's main list only, and messages
     # sent with a priority wait in the queue's other lists.
     items = take(self, queue, 1)
@@ -130,6 +142,31 @@ def _append_unless_recorded(self: Any, message: Any, delivery_tag: str) -> None:
         virtual.QoS.append(self, message, delivery_tag)
     else:
         _kombu_qos_append(self, message, delivery_tag)
+
+
+def _restore_by_tag(self: Any, tag: str, client: Any = None, leftmost: bool = False) -> None:
+    """kombu's QoS.restore_by_tag, except that an entry that does not decode is set aside
+    instead of raising: kombu restores at every worker start, so one such entry would stop
+    every worker from starting."""
+
+    def restore_transaction(pipe: Any) -> None:
+        p = pipe.hget(self.unacked_key, tag)
+        pipe.multi()
+        self._remove_from_indices(tag, pipe)
+        if not p:
+            return
+        try:
+            message, exchange, routing_key = loads(bytes_to_str(p))
+            if not isinstance(message, dict) or not isinstance(routing_key, str):
+                raise ValueError("not a kombu message")
+        except (ValueError, TypeError) as exc:
+            log.error("unacked message %s cannot be restored (%s): set aside", tag, exc)
+            pipe.lpush(f"{QUEUE}.undecodable", p)
+            return
+        self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+    with self.channel.conn_or_acquire(client) as client:
+        client.transaction(restore_transaction, self.unacked_key)
 
 
 def _brpop_read_guarded(self: Any, **options: Any) -> bool:
@@ -159,9 +196,11 @@ def _brpop_read_guarded(self: Any, **options: Any) -> bool:
 
 
 # Pops up to ARGV[1] messages from the queue's lists (KEYS[4..], in kombu's priority order) and
-# records each as unacknowledged, atomically, exactly as kombu's QoS.append does for one message
-# (ZADD to the index, HSET of [payload, exchange, routing_key]); the payload is spliced in
-# unparsed so that nothing in it is re-encoded. Needs Redis >= 6.2 (RPOP with a count).
+# records each as unacknowledged, atomically, as kombu's QoS.append does for one message (ZADD
+# to the index, HSET of [payload, exchange, routing_key]); the payload is spliced in unparsed,
+# so nothing in it is re-encoded, and the restore target is the queue it was taken from
+# (exchange "" routes by the routing key ARGV[3], the queue's name as JSON), whatever the
+# payload says. Returns {payload, tag, payload, tag, ...}. Needs Redis >= 6.2 (RPOP count).
 _TAKE = """
 local want = tonumber(ARGV[1])
 local taken = {}
@@ -171,29 +210,26 @@ for k = 4, #KEYS do
   if items then
     want = want - #items
     for _, item in ipairs(items) do
-      -- Nothing may raise after the RPOP: Redis does not undo it. cjson refuses some
-      -- envelopes that are valid JSON (a lone surrogate escape in Celery's argsrepr), so the
-      -- envelope's fields are then read from the raw text; an item with no delivery tag at
-      -- all is not a kombu message and is set aside in KEYS[3], never dropped.
-      local tag, exchange, routing_key
+      -- Nothing may raise after the RPOP: Redis does not undo it. Only a kombu envelope
+      -- (properties, their delivery_info and a string delivery_tag) is recorded; anything
+      -- else is set aside in KEYS[3], never dropped. cjson refuses some envelopes that are
+      -- valid JSON (a lone surrogate escape in Celery's argsrepr): those are read as text.
+      local tag = nil
       local ok, msg = pcall(cjson.decode, item)
-      if ok and type(msg) == 'table' and type(msg['properties']) == 'table'
-          and type(msg['properties']['delivery_info']) == 'table' then
-        local props = msg['properties']
-        tag = props['delivery_tag']
-        exchange = props['delivery_info']['exchange']
-        routing_key = props['delivery_info']['routing_key']
-      else
+      if ok then
+        if type(msg) == 'table' and type(msg['properties']) == 'table'
+            and type(msg['properties']['delivery_info']) == 'table'
+            and type(msg['properties']['delivery_tag']) == 'string' then
+          tag = msg['properties']['delivery_tag']
+        end
+      elseif string.find(item, '"properties": *{') then
         tag = string.match(item, '"delivery_tag": *"([^"]+)"')
-        exchange = string.match(item, '"exchange": *"([^"]*)"')
-        routing_key = string.match(item, '"routing_key": *"([^"]*)"')
       end
-      if type(tag) == 'string' then
+      if tag then
         redis.call('ZADD', KEYS[1], ARGV[2], tag)
-        redis.call('HSET', KEYS[2], tag,
-          '[' .. item .. ',' .. cjson.encode(exchange or '') .. ','
-              .. cjson.encode(routing_key or '') .. ']')
+        redis.call('HSET', KEYS[2], tag, '[' .. item .. ', "", ' .. ARGV[3] .. ']')
         taken[#taken + 1] = item
+        taken[#taken + 1] = tag
       else
         redis.call('LPUSH', KEYS[3], item)
       end
@@ -202,34 +238,40 @@ for k = 4, #KEYS do
 end
 return taken
 """
-_TAG = re.compile(rb'"delivery_tag": *"([^"]+)"')
 
 
-def take(channel: Any, queue: str, count: int) -> list[bytes]:
-    """Pop up to `count` messages of `queue`, recorded as unacknowledged in the same step."""
+def take(channel: Any, queue: str, count: int) -> list[tuple[bytes, str]]:
+    """Pop up to `count` messages of `queue`, recorded as unacknowledged in the same step:
+    (payload, delivery tag) pairs."""
     qos = channel.qos
     with channel.conn_or_acquire() as client:
         script = channel.__dict__.get("_ai_usage_take")
         if script is None:
             script = channel.__dict__["_ai_usage_take"] = client.register_script(_TAKE)
         lists = dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps)
-        items: list[bytes] = script(
+        flat: list[bytes] = script(
             keys=[qos.unacked_index_key, qos.unacked_key, f"{queue}.undecodable", *lists],
-            args=[count, time.time()],
+            args=[count, time.time(), json.dumps(queue)],
             client=client,
         )
-    return items
+    return [(flat[i], bytes_to_str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-def deliver(channel: Any, queue: str, items: Sequence[bytes]) -> None:
+def deliver(channel: Any, queue: str, taken: Sequence[tuple[bytes, str]]) -> None:
     """Hand messages `take` returned to the channel's consumer, the way kombu delivers one it
     popped, so that every message, ours or not, takes Celery's usual path (an unknown task or
     a pickle body is refused as usual)."""
-    for item in items:
+    for item, tag in taken:
         try:
             envelope = json.loads(item)
-        except ValueError:
-            _set_aside(channel, queue, item)
+            properties = envelope["properties"]
+            if properties["delivery_tag"] != tag or not isinstance(
+                properties["delivery_info"], dict
+            ):
+                raise ValueError("not a kombu message")
+        except (ValueError, TypeError, KeyError):
+            # The script's reading and Python's can differ (cjson accepts hexadecimal numbers).
+            _set_aside(channel, queue, item, tag)
             continue
         recorded = getattr(channel, "_ai_usage_recorded", False)
         channel._ai_usage_recorded = True
@@ -239,16 +281,14 @@ def deliver(channel: Any, queue: str, items: Sequence[bytes]) -> None:
             channel._ai_usage_recorded = recorded
 
 
-def _set_aside(channel: Any, queue: str, item: bytes) -> None:
-    log.error("queue %s: set aside a message that is not JSON", queue)
-    tag = _TAG.search(item)
+def _set_aside(channel: Any, queue: str, item: bytes, tag: str) -> None:
+    log.error("queue %s: set aside an item that is not a kombu message", queue)
     qos = channel.qos
     with channel.conn_or_acquire() as client:
         pipe = client.pipeline()
         pipe.lpush(f"{queue}.undecodable", item)
-        if tag:  # `_TAKE` recorded it as unacknowledged: it must not come back from there
-            pipe.zrem(qos.unacked_index_key, tag.group(1))
-            pipe.hdel(qos.unacked_key, tag.group(1))
+        pipe.zrem(qos.unacked_index_key, tag)  # recorded by the script: it must not come back
+        pipe.hdel(qos.unacked_key, tag)
         pipe.execute()
 
 

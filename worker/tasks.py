@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kombu.exceptions import ContentDisallowed
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from worker.batcher import Batcher
 from worker.broker import BulkReceiver, ack_messages
@@ -128,6 +128,27 @@ def events_of(task_name: str, args: Any, kwargs: Any) -> list[Any]:
     ]
 
 
+def _message_events(task_name: str, message: Any) -> list[Any]:
+    """The events of a JSON message; a body that is not a Celery task body (which Celery would
+    log and drop, or which would raise out of the consumer) is dead-lettered instead."""
+    try:
+        decoded = message.decode()
+    except DecodeError as exc:
+        body = message.body
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        return [MalformedMessage(f"message: the body is not valid JSON ({exc})", {"body": text})]
+    if isinstance(decoded, dict) and "args" in decoded:  # protocol 1
+        return events_of(task_name, decoded.get("args", ()), decoded.get("kwargs", {}))
+    if isinstance(decoded, list | tuple) and len(decoded) == 3:  # protocol 2
+        return events_of(task_name, decoded[0], decoded[1])
+    return [
+        MalformedMessage(
+            "message: the body is not a Celery task body ([args, kwargs, embed])",
+            {"body": decoded},
+        )
+    ]
+
+
 def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
     """Celery strategy: buffer the message in the Batcher instead of running the task."""
     batcher = _consumer_batcher(consumer)
@@ -138,13 +159,7 @@ def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
         if message.content_type != "application/json":
             # Checked before decoding: a pickle body is never deserialised.
             raise ContentDisallowed(f"refusing content type {message.content_type!r}")
-        decoded = message.decode()
-        if isinstance(decoded, dict) and "args" in decoded:  # protocol 1
-            args, kwargs = decoded.get("args", ()), decoded.get("kwargs", {})
-        else:
-            args, kwargs, _embed = decoded
-        events = events_of(name, args, kwargs)
-        batcher.add(events, len(message.body), message)
+        batcher.add(_message_events(name, message), len(message.body), message)
         receiver.after_message(message)
 
     return handler

@@ -18,6 +18,7 @@ import time
 import pytest
 import redis
 
+from tests.conftest import wait_for
 from tests.faults.support import RECORD, RECORD_BATCH, Stack, good_event, producer_app, send
 
 pytestmark = pytest.mark.faults
@@ -81,3 +82,82 @@ def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_su
     fault_summary.add("foreign message, idle worker", got)
     assert worker.proc.poll() is None and worker.proc.pid == pid, worker.log()[-2000:]
     assert got.lost == 0, got
+
+
+def _hostile_items() -> dict[str, bytes]:
+    from worker.envelope import escape_json, redis_envelope
+
+    info = b'"delivery_info": {"exchange": "", "routing_key": "ai_usage"}'
+    return {
+        # JSON carrying a delivery tag, but not a kombu envelope
+        "tag, no envelope": b'{"delivery_tag": "foreign-1", "hello": 1}',
+        # an envelope that Redis's cjson reads and Python's json does not (a hex number)
+        "hex number": b'{"body": "", "properties": {"delivery_tag": "hex-1", '
+        + info
+        + b'}, "n": 0x1F}',
+        # delivery_info values that cjson decodes but cannot encode again
+        "inf / NaN": b'{"body": "", "properties": {"delivery_tag": "inf-1",'
+        b' "delivery_info": {"exchange": 1e999, "routing_key": NaN}}}',
+        # well-formed envelopes whose JSON body is not a Celery task body, or not JSON
+        "body {}": redis_envelope(RECORD_BATCH, escape_json("{}")).encode(),
+        "body null": redis_envelope(RECORD_BATCH, escape_json("null")).encode(),
+        "body not JSON": redis_envelope(RECORD_BATCH, escape_json("{{{ not json")).encode(),
+    }
+
+
+def test_hostile_queue_items_never_stop_or_block_a_worker(stack: Stack, fault_summary) -> None:
+    """Found in review: the take script recorded any item with a delivery tag as unacked (kombu
+    then raised building the message, and again restoring it at every later start), could
+    raise after its RPOP on NaN, and a body that is not [args, kwargs, embed] raised out of
+    the consumer. Each is set aside (not a message) or dead-lettered (a message)."""
+    rng = random.Random(16)
+    tenant = stack.tenant("hostile")
+    app = producer_app(stack.redis_url)
+    broker = redis.Redis.from_url(stack.redis_url)
+    events = [good_event(tenant, rng) for _ in range(70)]
+    hostile = _hostile_items()
+    chunks = [events[i : i + 10] for i in range(0, 70, 10)]
+    for chunk, item in zip(chunks, [*hostile.values(), b""], strict=True):
+        for event in chunk:
+            send(app, RECORD_BATCH, [[event]])
+        if item:
+            broker.lpush("ai_usage", item)
+    env = stack.env(AI_USAGE_VISIBILITY_TIMEOUT="10")
+    worker = stack.start_worker(env)
+    assert worker.proc is not None
+    pid = worker.proc.pid
+    got = stack.wait_landed([e["id"] for e in events], timeout=60)
+    wait_for(lambda: stack.broker_backlog() == (0, 0), 30, what="queue and unacked empty")
+    dead = stack.rows("ai_usage_dead_letters")
+    aside = broker.llen("ai_usage.undecodable")
+    fault_summary.add("hostile queue items (6) amid 70 events", got, dead_lettered=dead)
+    assert worker.proc.poll() is None and worker.proc.pid == pid, worker.log()[-3000:]
+    assert got.lost == 0 and got.duplicates == 0, got
+    assert dead == 3  # the three envelopes with a bad body, each with its reason
+    assert aside == 2  # the two items that are not kombu messages
+    # Nothing was left behind to break a later start (kombu restores 'unacked' at start).
+    time.sleep(12)
+    worker.stop()
+    after = good_event(tenant, rng)
+    send(app, RECORD_BATCH, [[after]])
+    stack.start_worker(env)
+    assert stack.wait_landed([after["id"]], timeout=30).lost == 0
+    broker.close()
+
+
+def test_an_unrestorable_unacked_entry_does_not_stop_workers_starting(stack: Stack) -> None:
+    """kombu restores expired 'unacked' entries when a worker starts; one that does not decode
+    raised there, so every worker start failed. It is set aside instead."""
+    rng = random.Random(17)
+    tenant = stack.tenant("restore")
+    broker = redis.Redis.from_url(stack.redis_url)
+    broker.hset("unacked", "bad-1", b'[{"body": 0x1F}, "", "ai_usage"]')
+    broker.zadd("unacked_index", {"bad-1": 1.0})  # expired long ago
+    event = good_event(tenant, rng)
+    send(producer_app(stack.redis_url), RECORD_BATCH, [[event]])
+    worker = stack.start_worker(AI_USAGE_VISIBILITY_TIMEOUT="10")
+    assert stack.wait_landed([event["id"]], timeout=30).lost == 0
+    wait_for(lambda: broker.llen("ai_usage.undecodable") == 1, 30, what="the entry set aside")
+    assert broker.hlen("unacked") == 0
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-3000:]
+    broker.close()
