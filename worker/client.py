@@ -179,7 +179,11 @@ class UsageClient(TrackingMixin):
         # the publishing thread only joins strings, so it holds the GIL as little as possible.
         self._queue: deque[str] = deque()
         self._in_flight = 0
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a full batch is ready (set by record())
+        # Cuts a retry backoff short: set by flush() and close() only. record() must not, or
+        # while the broker is down every call would make the thread retry at once, and each
+        # retry holds the GIL the application's threads are waiting for.
+        self._retry_now = threading.Event()
         self._idle = threading.Condition()
         self._stop = False
         self._drain = False  # set by flush(): publish partial batches too
@@ -224,8 +228,8 @@ class UsageClient(TrackingMixin):
                         if self._stop and time.monotonic() >= self._deadline:
                             self._give_up(batch)
                             break
-                        self._wake.wait(delay)
-                        self._wake.clear()
+                        self._retry_now.wait(delay)
+                        self._retry_now.clear()
                 self._in_flight = 0
                 if self._stop and time.monotonic() >= self._deadline:
                     self._give_up(list(self._queue))
@@ -259,6 +263,7 @@ class UsageClient(TrackingMixin):
         while self.pending():
             self._drain = True
             self._wake.set()
+            self._retry_now.set()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -277,6 +282,7 @@ class UsageClient(TrackingMixin):
             self._deadline = time.monotonic() + timeout
             self._stop = True
             self._wake.set()
+            self._retry_now.set()
             self._thread.join(timeout + 1)
         return self.dropped == dropped_before and not self.pending()
 
