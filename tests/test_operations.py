@@ -164,23 +164,26 @@ def test_metrics_endpoint_serves_the_named_metrics(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             return resp.read().decode()
 
-    body = wait_for(
-        lambda: (
-            (b := scrape())
-            and "ai_usage_rollup_last_success" in b
-            and 'outcome="inserted"} 20.0' in b
-            and b
-        ),
-        60,
-        what="metrics",
-    )
-    for line in (
+    expected = (
+        'ai_usage_events_total{outcome="inserted"} 20.0',
         'ai_usage_events_total{outcome="received"} 25.0',
         'ai_usage_events_total{outcome="duplicate"} 5.0',
         'ai_usage_events_total{outcome="unpriced"} 20.0',
         'ai_usage_events_total{outcome="dead_lettered"} 0.0',
-    ):
-        assert line in body
+    )
+
+    def rolled_up(body: str) -> bool:
+        # The gauge exists (at 0) from the start: wait for a real success time.
+        prefix = "ai_usage_rollup_last_success_timestamp_seconds "
+        values = [line[len(prefix) :] for line in body.splitlines() if line.startswith(prefix)]
+        return any(float(v) > 0 for v in values)
+
+    # The counters are increased one by one on the writer thread; a scrape can come between.
+    body = wait_for(
+        lambda: (b := scrape()) and rolled_up(b) and all(line in b for line in expected) and b,
+        60,
+        what="metrics",
+    )
     for name in (
         "ai_usage_batch_size_events_bucket",
         "ai_usage_batch_write_seconds_bucket",

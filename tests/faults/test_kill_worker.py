@@ -92,6 +92,8 @@ def test_kill_9_while_waiting_for_a_message(stack: Stack, fault_summary) -> None
     for _ in range(5):
         worker = stack.start_worker(env)
         assert stack.wait_landed(sent, timeout=60).lost == 0
+        # Acknowledged too (the ack follows the commit): nothing of the last round is held.
+        wait_for(lambda: stack.broker_backlog() == (0, 0), 30, what="last round acknowledged")
         time.sleep(1.5)  # idle, so its wait is outstanding (it is re-sent every second)
         assert worker.proc is not None
         os.killpg(worker.proc.pid, signal.SIGSTOP)
