@@ -71,7 +71,12 @@ def test_a_redis_older_than_6_2_is_named(version: str, too_old: bool) -> None:
         assert version in problem and "6.2" in problem
 
 
-def test_check_reports_warnings_without_failing(db: Engine, tenant: uuid.UUID) -> None:
+def test_check_reports_warnings_without_failing(
+    db: Engine, tenant: uuid.UUID, redis_url: str
+) -> None:
+    broker = redis.Redis.from_url(redis_url)
+    broker.lpush("ai_usage.undecodable", b"not a kombu message")
+    broker.close()
     write_batch(
         db,
         [
@@ -91,6 +96,8 @@ def test_check_reports_warnings_without_failing(db: Engine, tenant: uuid.UUID) -
     assert out.returncode == 0
     assert "WARN dead_letters   1 dead letters" in out.stdout
     assert "WARN rollup         has never run" in out.stdout
+    assert "1 foreign items set aside in ai_usage.undecodable" in out.stdout
+    assert "WARN queue" in out.stdout
 
 
 def test_check_fails_when_the_database_is_down() -> None:

@@ -75,6 +75,7 @@ def check_broker(settings: Settings) -> list[Check]:
         for key in _queue_keys():
             depth += int(client.llen(key))  # type: ignore[arg-type]
         unacked = int(client.hlen("unacked"))  # type: ignore[arg-type]
+        aside = int(client.llen(f"{QUEUE}.undecodable"))  # type: ignore[arg-type]
         client.close()
     except Exception as exc:
         return [Check("broker", "fail", f"unreachable ({redact_url(url)}): {type(exc).__name__}")]
@@ -83,7 +84,12 @@ def check_broker(settings: Settings) -> list[Check]:
         Check("broker", "fail", too_old)
         if too_old
         else Check("broker", "ok", f"reachable ({redact_url(url)}), Redis {version}"),
-        Check("queue", "ok", f"{QUEUE}: {depth} messages waiting, {unacked} unacknowledged"),
+        Check(
+            "queue",
+            "warn" if aside else "ok",
+            f"{QUEUE}: {depth} messages waiting, {unacked} unacknowledged"
+            + (f"; {aside} foreign items set aside in {QUEUE}.undecodable" if aside else ""),
+        ),
     ]
 
 
