@@ -168,8 +168,11 @@ def test_metrics_endpoint_serves_the_named_metrics(
     wait_for(lambda: count_rows(db) == 20, 60)
 
     def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            return resp.read().decode()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:  # not serving yet: wait_for asks again
+            return ""
 
     expected = (
         'ai_usage_events_total{outcome="inserted"} 20.0',
