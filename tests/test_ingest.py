@@ -93,6 +93,19 @@ def test_dead_letters_are_not_duplicated_by_redelivery(db: Engine, tenant: uuid.
     assert json.loads(rows[0][1]) == bad and json.loads(rows[1][1]) == no_id
 
 
+def test_distinct_events_with_the_same_invalid_id_get_their_own_dead_letters(
+    db: Engine, tenant: uuid.UUID
+) -> None:
+    # Found by the fuzz suite: a 32-digit integer id reads as a UUID through str(), so two
+    # different events carrying it shared one dead letter (attempts 2) and one was not counted.
+    same = 12345678901234567890123456789012
+    bad = [event(tenant, id=same, operation=f"op-{i}") for i in range(2)]
+    assert write_batch(db, bad, Pricer()).dead_lettered == 2
+    assert count_rows(db, "ai_usage_dead_letters") == 2
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT max(attempts) FROM ai_usage_dead_letters")).scalar() == 1
+
+
 def test_sql_looking_and_odd_strings_are_stored_verbatim(db: Engine, tenant: uuid.UUID) -> None:
     odd = [
         "'); DROP TABLE ai_usage_logs; --",

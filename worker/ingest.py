@@ -161,10 +161,17 @@ def _copy_line(row: _Row) -> str:
 
 
 def _event_id(payload: Any) -> uuid.UUID | None:
-    if isinstance(payload, dict):
+    """The event's id if it is one the contract accepts (a UUID string or object), else None:
+    a dead letter is keyed by it, so that a redelivery updates its entry. Anything else, an
+    integer of 32 digits say (which `uuid.UUID(str(...))` would take), is not an id, and
+    distinct events carrying it must not share one dead letter."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
         try:
-            return uuid.UUID(str(payload.get("id")))
-        except (ValueError, TypeError, AttributeError):
+            return uuid.UUID(value)
+        except ValueError:
             return None
     return None
 
