@@ -64,17 +64,20 @@ def test_a_foreign_message_does_not_lose_its_neighbours(stack: Stack, fault_summ
     fault_summary.add("foreign message amid 100", got, sent=100)
     assert worker.proc is not None and worker.proc.poll() is None
     assert got.lost == 0, (got, stack.broker_backlog(), worker.log()[-2500:])
+    assert broker.lrange("ai_usage.undecodable", 0, -1) == [b"this is not a kombu message"]
+    broker.close()
 
 
 def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_summary) -> None:
-    """An item that is not JSON, taken by kombu's own BRPOP (the worker idle), raises out of
-    the event loop: the worker exits ("Unrecoverable error"). It must be set aside instead."""
+    """An item that is not JSON reaching an idle worker raised out of its event loop (kombu's
+    BRPOP path, before the take script): the worker exited. It must be set aside instead."""
     rng = random.Random(15)
     tenant = stack.tenant("alone")
     worker = stack.start_worker()
     assert worker.proc is not None
     pid = worker.proc.pid
-    redis.Redis.from_url(stack.redis_url).lpush("ai_usage", b"\x80 not json, not utf-8")
+    broker = redis.Redis.from_url(stack.redis_url)
+    broker.lpush("ai_usage", b"\x80 not json, not utf-8")
     time.sleep(2)
     events = [good_event(tenant, rng) for _ in range(10)]
     send(producer_app(stack.redis_url), RECORD_BATCH, [events])
@@ -82,6 +85,8 @@ def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_su
     fault_summary.add("foreign message, idle worker", got)
     assert worker.proc.poll() is None and worker.proc.pid == pid, worker.log()[-2000:]
     assert got.lost == 0, got
+    assert broker.lrange("ai_usage.undecodable", 0, -1) == [b"\x80 not json, not utf-8"]
+    broker.close()
 
 
 def _hostile_items() -> dict[str, bytes]:

@@ -142,7 +142,9 @@ def test_passwords_never_printed(stack: Stack, fault_summary) -> None:
     fault_summary.add("passwords in URLs (DB down part way)", both)
     assert outputs[0].returncode in (0, 1) and "OK   database" in outputs[0].stdout, outputs[0]
     assert outputs[2].returncode == 1 and "FAIL broker" in outputs[2].stdout, outputs[2]
-    assert any(o.returncode != 0 for o in outputs[3:]), "the outage was not reported"
+    down = outputs[3:7]  # check, report, dead-letters list, rollup, with PostgreSQL down
+    assert all(o.returncode != 0 for o in down), [(o.args, o.returncode) for o in down]
+    assert outputs[7].returncode == 2 and "postgres" in outputs[7].stdout + outputs[7].stderr
     assert got.lost == 0 and got2.lost == 0
     for secret in (pg_pw, rd_pw, quote(pg_pw), quote(rd_pw)):
         leaks = [
