@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from worker.settings import WORKER_ARGS
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CELERY = str(VENV_BIN / "celery")
+AI_USAGE = str(VENV_BIN / "ai-usage")
 
 
 def with_database(url: str, name: str) -> str:
@@ -198,6 +199,44 @@ def tenant(db: Engine) -> uuid.UUID:
 def count_rows(engine: Engine, table: str = "ai_usage_logs", where: str = "true") -> int:
     with engine.connect() as conn:
         return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}")).scalar_one())
+
+
+@dataclass
+class Landed:
+    """What became of a set of sent event ids in ai_usage_logs."""
+
+    sent: int
+    rows: int
+    distinct: int
+    table_rows: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.rows - self.distinct
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.distinct
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(rows, distinct ids)."""
+        return self.rows, self.distinct
+
+
+def landed(engine: Engine, ids: Iterable[uuid.UUID | str]) -> Landed:
+    """Count the rows of `ids` (count and count(distinct id)) and the whole table."""
+    id_list = sorted({str(i) for i in ids})
+    with engine.connect() as conn:
+        rows, distinct = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT id) FROM ai_usage_logs"
+                " WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": id_list},
+        ).one()
+        total = conn.execute(text("SELECT count(*) FROM ai_usage_logs")).scalar_one()
+    return Landed(len(id_list), int(rows), int(distinct), int(total))
 
 
 @dataclass

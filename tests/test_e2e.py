@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, text
 
-from tests.conftest import WorkerProcess, count_rows, wait_for
+from tests.conftest import WorkerProcess, count_rows, landed, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,18 +42,6 @@ def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
     return e
 
 
-def landed(engine: Engine, ids: list[str]) -> tuple[int, int]:
-    with engine.connect() as conn:
-        total, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT id) FROM ai_usage_logs"
-                " WHERE id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": ids},
-        ).one()
-    return int(total), int(distinct)
-
-
 def send_record(app: Celery, e: dict[str, Any]) -> None:
     app.send_task("ai_usage.record", kwargs=e, queue="ai_usage")
 
@@ -73,9 +61,9 @@ def test_events_sent_by_name_land_exactly_once(
     producer.send_task("ai_usage.record_batch", args=[batch], queue="ai_usage")
     producer.send_task("ai_usage.record_batch", args=[batch[:20]], queue="ai_usage")
     ids = [e["id"] for e in singles + batch]
-    wait_for(lambda: landed(db, ids)[0] == 250, 60, what="250 rows")
+    wait_for(lambda: landed(db, ids).rows == 250, 60, what="250 rows")
     wait_for(lambda: redis.Redis.from_url(producer.conf.broker_url).llen("ai_usage") == 0, 30)
-    assert landed(db, ids) == (250, 250)
+    assert landed(db, ids).counts == (250, 250)
     assert count_rows(db) == 250
     assert count_rows(db, where="success = 'failure'") == 200
     assert count_rows(db, "ai_usage_dead_letters") == 0
@@ -122,7 +110,7 @@ def test_invalid_events_are_dead_lettered_and_neighbours_land(
     )
     producer.send_task("ai_usage.record_batch", args=["not a list"], queue="ai_usage")
     wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == 7, 60, what="7 dead letters")
-    assert landed(db, [e["id"] for e in good]) == (30, 30)
+    assert landed(db, [e["id"] for e in good]).counts == (30, 30)
     with db.connect() as conn:
         reasons = dict(
             conn.execute(
@@ -189,9 +177,9 @@ def test_kill_9_while_a_batch_is_in_flight(
     assert client.hlen("unacked") == 101  # still in Redis: nothing was lost with the process
     start_worker(short)
     ids = [e["id"] for e in events]
-    wait_for(lambda: landed(db, ids)[0] == 300, 150, interval=0.5, what="redelivery")
+    wait_for(lambda: landed(db, ids).rows == 300, 150, interval=0.5, what="redelivery")
     wait_for(lambda: client.hlen("unacked") == 0, 30)
-    assert landed(db, ids) == (300, 300)
+    assert landed(db, ids).counts == (300, 300)
     client.close()
 
 
@@ -210,9 +198,9 @@ def test_messages_sent_with_a_priority_land(
         producer.send_task("ai_usage.record", kwargs=e, queue="ai_usage", priority=priority)
     client = redis.Redis.from_url(redis_url)
     ids = [e["id"] for e in events]
-    wait_for(lambda: landed(db, ids)[0] == 4, 30, what="prioritised events stored")
+    wait_for(lambda: landed(db, ids).rows == 4, 30, what="prioritised events stored")
     wait_for(lambda: client.hlen("unacked") == 0, 30)
-    assert landed(db, ids) == (4, 4)
+    assert landed(db, ids).counts == (4, 4)
     assert not [k for k in client.keys("ai_usage*") if client.llen(k)]
     client.close()
 
@@ -261,8 +249,8 @@ def test_python_client_to_worker(
         )
     )
     assert background.close(10)
-    wait_for(lambda: landed(db, ids)[0] == 121, 60)
-    assert landed(db, ids) == (121, 121)
+    wait_for(lambda: landed(db, ids).rows == 121, 60)
+    assert landed(db, ids).counts == (121, 121)
     assert count_rows(db, where="success = 'failure'") == 60
     assert count_rows(db, where="cost_usd IS NULL") == 0
 
@@ -282,12 +270,12 @@ def test_a_backlog_drains_in_bulk_and_other_tasks_take_their_usual_path(
             producer.send_task("some.unknown_task", queue="ai_usage")
     worker = start_worker()
     ids = [e["id"] for e in events]
-    wait_for(lambda: landed(db, ids)[0] == 3000, 90, what="backlog drained")
+    wait_for(lambda: landed(db, ids).rows == 3000, 90, what="backlog drained")
     wait_for(lambda: count_rows(db, "ai_usage_rollup_state") == 1, 30, what="rollup ran")
     client = redis.Redis.from_url(redis_url)
     wait_for(lambda: client.hlen("unacked") == 0 and client.llen("ai_usage") == 0, 30)
     client.close()
-    assert landed(db, ids) == (3000, 3000)
+    assert landed(db, ids).counts == (3000, 3000)
     worker.stop()
     log = worker.log()
     assert "some.unknown_task" in log  # refused by Celery's usual unknown-task handling

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,15 +15,21 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
-from tests.conftest import ROOT, WorkerProcess, alembic_config, count_rows, wait_for, with_database
+from tests.conftest import (
+    AI_USAGE,
+    ROOT,
+    WorkerProcess,
+    alembic_config,
+    count_rows,
+    wait_for,
+    with_database,
+)
 from worker.embedded import free_port
 from worker.ingest import write_batch
 from worker.logs import JsonFormatter, RedactingFormatter, redact
 from worker.pricing import Pricer
 from worker.rollups import run_rollup
 from worker.settings import normalise_database_url
-
-AI_USAGE = str(Path(sys.executable).parent / "ai-usage")
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from tests.conftest import ROOT, wait_for
-
-AI_USAGE = str(Path(sys.executable).parent / "ai-usage")
+from tests.conftest import AI_USAGE, ROOT, wait_for
 
 
 def test_run_comes_up_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:

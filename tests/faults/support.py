@@ -21,11 +21,21 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
-from tests.conftest import CELERY, ROOT, VENV_BIN, WorkerProcess, alembic_config, with_database
+from tests.conftest import (
+    AI_USAGE,
+    CELERY,
+    ROOT,
+    Landed,
+    WorkerProcess,
+    alembic_config,
+    count_rows,
+    landed,
+    make_tenant,
+    with_database,
+)
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.settings import QUEUE, normalise_database_url
 
-AI_USAGE = str(VENV_BIN / "ai-usage")
 RECORD = "ai_usage.record"
 RECORD_BATCH = "ai_usage.record_batch"
 #: Priced by genai-prices' bundled snapshot, so rows get a cost.
@@ -73,44 +83,6 @@ def good_event(tenant_id: uuid.UUID | str, rng: random.Random | None = None, **o
     return event
 
 
-@dataclass
-class Landed:
-    """What became of a set of sent event ids in ai_usage_logs."""
-
-    sent: int
-    rows: int
-    distinct: int
-    table_rows: int
-
-    @property
-    def duplicates(self) -> int:
-        return self.rows - self.distinct
-
-    @property
-    def lost(self) -> int:
-        return self.sent - self.distinct
-
-
-def landed(engine: Engine, ids: Iterable[uuid.UUID | str]) -> Landed:
-    """Count the rows of `ids` (count and count(distinct id)) and the whole table."""
-    id_list = sorted({str(i) for i in ids})
-    with engine.connect() as conn:
-        rows, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT id) FROM ai_usage_logs"
-                " WHERE id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": id_list},
-        ).one()
-        total = conn.execute(text("SELECT count(*) FROM ai_usage_logs")).scalar_one()
-    return Landed(len(id_list), int(rows), int(distinct), int(total))
-
-
-def count(engine: Engine, sql: str, **params: Any) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql), params).scalar_one())
-
-
 def producer_app(broker_url: str) -> Celery:
     """A bare Celery app to publish raw messages (bypassing worker.client)."""
     app = Celery(f"faults-producer-{secrets.token_hex(2)}", broker=broker_url, set_as_current=False)
@@ -132,31 +104,18 @@ def send(app: Celery, name: str, args: Sequence[Any] = (), kwargs: dict | None =
 
 @dataclass
 class PacedSender:
-    """A thread that publishes `batches` (record_batch messages) at `per_second` messages/s;
-    `pause()` returns once no publish is in progress and none will start until `resume()`."""
+    """A thread that publishes `batches` (record_batch messages) at `per_second` messages/s."""
 
     app: Celery
     batches: list[list[dict]]
     per_second: float
-    sent: int = 0
     errors: list[BaseException] = field(default_factory=list)
     thread: threading.Thread | None = None
-    _gate: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> PacedSender:
-        self._gate.set()
         self.thread = threading.Thread(target=self._run, name="paced-sender", daemon=True)
         self.thread.start()
         return self
-
-    def pause(self) -> None:
-        self._gate.clear()
-        with self._lock:  # wait for a publish in progress
-            pass
-
-    def resume(self) -> None:
-        self._gate.set()
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -165,13 +124,7 @@ class PacedSender:
                 delay = started + i / self.per_second - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                while True:
-                    self._gate.wait()
-                    with self._lock:
-                        if self._gate.is_set():
-                            send(self.app, RECORD_BATCH, [batch])
-                            self.sent += 1
-                            break
+                send(self.app, RECORD_BATCH, [batch])
         except BaseException as exc:  # reported by join()
             self.errors.append(exc)
 
@@ -229,20 +182,13 @@ class Stack:
         )  # fmt: skip
 
     def tenant(self, name: str = "tenant") -> uuid.UUID:
-        with self.engine.begin() as conn:
-            return uuid.UUID(
-                str(
-                    conn.execute(
-                        text("INSERT INTO tenants (name) VALUES (:n) RETURNING id"), {"n": name}
-                    ).scalar_one()
-                )
-            )
+        return make_tenant(self.engine, name)
 
     def landed(self, ids: Iterable[uuid.UUID | str]) -> Landed:
         return landed(self.engine, ids)
 
     def rows(self, table: str = "ai_usage_logs") -> int:
-        return count(self.engine, f"SELECT count(*) FROM {table}")
+        return count_rows(self.engine, table)
 
     def broker_backlog(self) -> tuple[int, int]:
         """(messages waiting in the ai_usage queue, messages delivered but unacknowledged)."""
@@ -299,11 +245,11 @@ def stop_postgres(pg: EmbeddedPostgres) -> None:
     pg.stop("immediate")
 
 
-def build_stack(root: Path, *, appendonly: bool = True) -> Stack:
+def build_stack(root: Path) -> Stack:
     """Start PostgreSQL and Redis under `root`, create the database and migrate it to head."""
     root.mkdir(parents=True, exist_ok=True)
     pg = EmbeddedPostgres(root / "pg").start()
-    redis = EmbeddedRedis(root / "redis", appendonly=appendonly).start()
+    redis = EmbeddedRedis(root / "redis", appendonly=True).start()
     admin = create_engine(normalise_database_url(pg.url), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text('CREATE DATABASE "aiu_faults"'))

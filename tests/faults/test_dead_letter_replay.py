@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import wait_for
-from tests.faults.support import RECORD_BATCH, Stack, count, good_event, producer_app, send
+from tests.faults.support import RECORD_BATCH, Stack, good_event, producer_app, send
 
 pytestmark = pytest.mark.faults
 
@@ -102,12 +102,12 @@ def test_dead_letter_list_and_replay(stack: Stack, fault_summary) -> None:
     )
     assert got.rows == got.distinct == len(ids) and got.duplicates == 0, got
     assert got.table_rows == len(ids), got
-    assert count(stack.engine, "SELECT count(*) FROM ai_usage_dead_letters") == 15
+    assert stack.rows("ai_usage_dead_letters") == 15
 
 
 def _wait_dead(stack: Stack, n: int) -> None:
     wait_for(
-        lambda: count(stack.engine, "SELECT count(*) FROM ai_usage_dead_letters") >= n,
+        lambda: stack.rows("ai_usage_dead_letters") >= n,
         60,
         what=f"{n} dead letters",
     )

@@ -126,10 +126,11 @@ def test_two_beats_and_concurrent_rollups(stack: Stack, fault_summary) -> None:
     assert total_cost > 0
 
 
-def test_rollup_misses_rows_committed_during_a_run(stack: Stack) -> None:
+def test_rows_committed_during_a_rollup_are_not_missed(stack: Stack) -> None:
     """A writer adds a row for a past month whose dirty mark already exists; before it commits,
-    a rollup takes the mark and recomputes that month without the row. The mark is gone, so
-    no later run recomputes the month: its rollup stays short of the log."""
+    a rollup starts. Were the rollup to take the mark and recompute without the row, no later
+    run would recompute the month and its rollup would stay short of the log (the bug this
+    found); the rollup now waits for the writer."""
     tenant = stack.tenant("race")
     past = month_start(month_start(dt.datetime.now(dt.UTC)) - dt.timedelta(days=1))
     when = dt.datetime(past.year, past.month, 10, tzinfo=dt.UTC).isoformat()

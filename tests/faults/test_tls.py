@@ -16,6 +16,7 @@ from tests.conftest import wait_for
 from tests.faults.support import Stack, celery_cmd, good_event, pings
 from worker.client import UsageClient
 from worker.embedded import free_port
+from worker.settings import WORKER_ARGS
 
 pytestmark = pytest.mark.faults
 
@@ -89,8 +90,7 @@ def test_rediss_with_certificate_verification(stack: Stack, fault_summary) -> No
         # A worker that trusts another CA never connects, and takes nothing.
         wrong_log = stack.root / "worker-wrong-ca.log"
         wrong = stack.popen(
-            celery_cmd("worker", "-Q", "ai_usage", "--pool", "solo", "--without-mingle",
-                       "--without-gossip", "--loglevel", "INFO"),
+            celery_cmd(*WORKER_ARGS, "--pool", "solo"),
             wrong_log, stack.env(REDIS_URL=url("other-ca.pem")),
         )  # fmt: skip
         wait_for(
