@@ -19,10 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 
-from alembic import command
+from worker.db import migrate
 from worker.settings import normalise_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,15 +68,6 @@ def with_database(url: str, name: str) -> str:
 def libpq_url(url: str) -> str:
     """postgres://, postgresql:// or postgresql+psycopg2:// as the libpq postgresql:// form."""
     return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
-
-
-def migrate(url: str) -> None:
-    """`alembic upgrade head` on `url`, the way tests/conftest.py does it."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
-    cfg.set_main_option("sqlalchemy.url", normalise_database_url(url))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
 
 
 @contextmanager

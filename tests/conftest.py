@@ -24,6 +24,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
+from worker import db as db_mod
 from worker import settings as settings_mod
 from worker.db import dispose_engine
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -41,10 +42,7 @@ def with_database(url: str, name: str) -> str:
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
-    cfg.set_main_option("sqlalchemy.url", settings_mod.normalise_database_url(url))
-    cfg.attributes["configure_logger"] = False
+    cfg: Config = db_mod.alembic_config(url)
     return cfg
 
 

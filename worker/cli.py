@@ -96,13 +96,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     engine = get_engine()
     if args.command == "migrate":
-        from alembic.config import Config
+        from worker.db import migrate
 
-        from alembic import command
-
-        cfg = Config(str(ROOT / "alembic.ini"))
-        cfg.set_main_option("script_location", str(ROOT / "alembic"))
-        command.upgrade(cfg, "head")
+        migrate()
         return 0
     if args.command == "report":
         from worker.report import load_report, render

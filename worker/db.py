@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine
 
-from worker.settings import get_settings
+from worker.settings import get_settings, normalise_database_url
+
+#: The checkout (or install) root holding alembic.ini and alembic/.
+ROOT = Path(__file__).resolve().parent.parent
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -49,3 +54,23 @@ def dispose_engine() -> None:
             _engine.dispose()
         _engine = None
         _engine_pid = None
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """The project's alembic configuration. With `url`, for that database, and leaving the
+    caller's logging alone; without, alembic's env.py reads DATABASE_URL from the settings."""
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", normalise_database_url(url))
+        cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def migrate(url: str | None = None) -> None:
+    """`alembic upgrade head` (the release step), on `url` or on DATABASE_URL."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")

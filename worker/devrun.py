@@ -21,6 +21,7 @@ from types import FrameType
 
 from sqlalchemy import create_engine, text
 
+from worker.db import migrate
 from worker.settings import WORKER_ARGS, normalise_database_url, redact_url
 
 DEMO_TENANTS = ("Acme Corp", "Globex", "Initech", "Umbrella")
@@ -36,18 +37,6 @@ DEMO_OPERATIONS = ("generate_assessment", "analyze_lead_insights", "summarise_le
 
 def _say(msg: str) -> None:
     print(f"[ai-usage run] {msg}", flush=True)
-
-
-def _migrate(url: str, root: Path) -> None:
-    from alembic.config import Config
-
-    from alembic import command
-
-    cfg = Config(str(root / "alembic.ini"))
-    cfg.set_main_option("script_location", str(root / "alembic"))
-    cfg.set_main_option("sqlalchemy.url", normalise_database_url(url))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
 
 
 def _demo(database_url: str, events: int) -> None:
@@ -164,7 +153,7 @@ def run(once: bool, events: int, root: Path) -> int:
         from worker.settings import get_settings
 
         get_settings.cache_clear()
-        _migrate(database_url, root)
+        migrate(database_url)
         _say("alembic upgrade head: done")
         env = {**os.environ}
         ready_from = (state / "worker.log").stat().st_size if (state / "worker.log").exists() else 0
