@@ -133,7 +133,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         mode=mode,
         n=n,
         naive_n=int(a.naive_n or min(n, d["naive_n"])),
-        queued_n=int(a.queued_n or min(n, d["queued_n"])),
+        # Capped by n too: (4) and the no-op drain must be compared on the same count.
+        queued_n=min(n, int(a.queued_n or d["queued_n"])),
         latency_samples=int(size("latency_samples")),
         rollup_rows=rollup_rows,
         report_small_rows=min(10_000, rollup_rows // 10),
@@ -165,18 +166,23 @@ def _notes(plan: Plan, machine: dict[str, Any]) -> list[str]:
         f"Latency: {plan.latency_samples} calls per figure, back to back; the same calls paced"
         f" {latency.PACE_S * 1e6:.0f} us apart are in details.latency.*.paced.",
     ]
-    if plan.rollup_rows != 1_000_000:
+    full = DEFAULTS["full"]
+    if plan.rollup_rows != full["rollup_rows"]:
         notes.append(
-            f"Scaled down: rollups and the large report use {plan.rollup_rows} rows, not 1,000,000."
+            f"Scaled down: rollups and the large report use {plan.rollup_rows} rows,"
+            f" not {full['rollup_rows']:,.0f}."
         )
-    if plan.report_small_rows != 10_000:
+    if plan.report_small_rows != full["rollup_rows"] // 100:
         notes.append(
-            f"Scaled down: the small report uses {plan.report_small_rows} rows, not 10,000."
+            f"Scaled down: the small report uses {plan.report_small_rows} rows,"
+            f" not {full['rollup_rows'] // 100:,.0f}."
         )
     if plan.soak_seconds <= 0:
-        notes.append("Memory soak skipped (quick mode): the RSS figures are null.")
-    elif plan.soak_seconds != 300:
-        notes.append(f"Memory soak of {plan.soak_seconds:g} s instead of 300 s.")
+        notes.append("Memory soak skipped: the RSS figures are null.")
+    elif plan.soak_seconds != full["soak_seconds"]:
+        notes.append(
+            f"Memory soak of {plan.soak_seconds:g} s instead of {full['soak_seconds']:g} s."
+        )
     pg = machine["postgres"]
     if pg["fsync"] == "off" or pg["synchronous_commit"] == "off":
         notes.append(

@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from bench.procs import BenchError
 from bench.servers import Stack
+from worker.health import queue_keys
 from worker.pricing import Pricer
 
 #: Priced models (genai-prices knows them), so the worker prices every event.
@@ -25,8 +26,6 @@ COLUMNS = (
     "id, tenant_id, operation, model, input_tokens, output_tokens, total_tokens, cost_usd,"
     " duration_ms, success, created_at"
 )
-#: kombu's Redis transport keeps priorities 3, 6 and 9 in lists of their own.
-_PRIORITY_SEP = "\x06\x16"
 
 
 def make_tenants(stack: Stack, n: int) -> list[str]:
@@ -155,9 +154,8 @@ def wait_rows(
                 cur.execute("SELECT EXISTS (SELECT 1 FROM ai_usage_logs WHERE id = %s)", (last_id,))
                 if cur.fetchone()[0]:
                     cur.execute("SELECT count(*) FROM ai_usage_logs")
-                    count = int(cur.fetchone()[0])
-                    if count >= expected:
-                        return at, {"first_row": first_row or at, "count": count}
+                    if int(cur.fetchone()[0]) >= expected:
+                        return at, {"first_row": first_row or at}
                     time.sleep(0.01)
                 if time.monotonic() > deadline:
                     cur.execute("SELECT count(*) FROM ai_usage_logs")
@@ -179,7 +177,7 @@ def backlog(client: redis.Redis, queue: str) -> tuple[int, int]:
     """(messages waiting in `queue`, in all its priority lists; messages delivered to some
     consumer and not yet acknowledged, from kombu's unacked hash), in one round trip."""
     pipe = client.pipeline(transaction=False)
-    for key in (queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in (3, 6, 9))):
+    for key in queue_keys(queue):
         pipe.llen(key)
     pipe.hlen("unacked")
     *lengths, unacked = pipe.execute()

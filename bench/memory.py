@@ -73,6 +73,5 @@ def soak(
         "first_minute_sample_at_s": after_first[0],
         "rss_end_mb": round(end_rss / _MB, 2),
         "rss_peak_mb": round(max(s[1] for s in samples) / _MB, 2),
-        "end_vs_first_minute": round(end_rss / after_first[1], 4) if after_first[1] else None,
         "samples_mb": [(t, round(r / _MB, 2)) for t, r in samples],
     }

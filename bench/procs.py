@@ -24,6 +24,9 @@ CELERY = str(Path(sys.executable).parent / "celery")
 
 _live: list[Worker] = []
 
+#: The naive baseline's queue (bench/naive_app.py routes its tasks there by default).
+NAIVE_QUEUE = "naive"
+
 
 class BenchError(RuntimeError):
     """Raised when a phase cannot complete (a worker died, rows never landed, ...)."""
@@ -179,7 +182,7 @@ def naive(stack: Stack, workdir: Path) -> Worker:
         "bench.naive_app",
         "worker",
         "-Q",
-        "naive",
+        NAIVE_QUEUE,
         "--hostname",
         f"bench-naive-{secrets.token_hex(3)}@%h",
     ]

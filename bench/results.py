@@ -114,8 +114,6 @@ FIGURES = (
     Figure("worker_rss_peak_mb", "    worker RSS peak", "MB", ("memory", "rss_peak_mb")),
 )
 FIGURE_KEYS = tuple(f.key for f in FIGURES)
-#: Figures of the memory soak, None when it is skipped (--quick).
-MEMORY_KEYS = tuple(k for k in FIGURE_KEYS if k.startswith("worker_rss_"))
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,6 @@ from worker.rollups import month_start, run_rollup
 MONTHS = 3
 
 
-def _analyze(stack: Stack) -> None:
-    with stack.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("VACUUM ANALYZE ai_usage_logs")
-        )
-
-
 def _report_ms(stack: Stack, reps: int) -> dict[str, Any]:
     month = month_start(dt.datetime.now(dt.UTC))
     render(load_report(stack.engine, month), "table")  # warm the pool and the plan cache
@@ -64,14 +57,14 @@ def rollups(
     """Report latency with `small` rows, then `big` rows; rollup time of `big` rows."""
     stack.truncate()
     _load(stack, small, tenants, seed=1)
-    _analyze(stack)
+    stack.analyze()
     run_rollup(stack.engine, wait=True)
     report_small = _report_ms(stack, reps)
 
     load_s = _load(stack, big - small, tenants, seed=2)
-    _analyze(stack)
+    stack.analyze()
+    rows = data.count_rows(stack)
     with stack.engine.connect() as conn:
-        rows = int(conn.execute(text("SELECT count(*) FROM ai_usage_logs")).scalar_one())
         dirty = int(conn.execute(text("SELECT count(*) FROM ai_usage_rollup_dirty")).scalar_one())
     # As Beat runs it: every dirty tenant-month (all three months here) plus the current month.
     beat = run_rollup(stack.engine, wait=True)

@@ -50,6 +50,9 @@ class Stack:
     def truncate(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {', '.join(LOG_TABLES)}"))
+        self.analyze()
+
+    def analyze(self) -> None:
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                 text("VACUUM ANALYZE ai_usage_logs")

@@ -137,10 +137,11 @@ def ours_batched(
         warm = [client.record(**{k: e[k] for k in _RECORD_FIELDS}) for e in evs[: len(data.MODELS)]]
         client.flush(30)
         data.wait_rows(stack, len(warm), str(warm[-1]), 60, worker.log_tail)
+        calls = [{k: e[k] for k in _RECORD_FIELDS} for e in evs]  # built outside the clock
         started = time.perf_counter()
         last = None
-        for e in evs:
-            last = client.record(**{k: e[k] for k in _RECORD_FIELDS})
+        for fields in calls:
+            last = client.record(**fields)
         recorded = time.perf_counter()
         done, _ = data.wait_rows(stack, n + len(warm), str(last), 120 + n / 200, worker.log_tail)
         dropped = client.dropped
@@ -272,7 +273,7 @@ def noop_drain(stack: Stack, workdir: Path, n: int) -> dict[str, Any]:
     producer = _producer(stack)
     started = time.perf_counter()
     for _ in range(n):
-        producer.send_task("naive.noop", queue="naive", routing_key="naive")
+        producer.send_task("naive.noop", queue=procs.NAIVE_QUEUE, routing_key=procs.NAIVE_QUEUE)
     queued = time.perf_counter() - started
     producer.close()
     client = stack.redis()
@@ -281,14 +282,14 @@ def noop_drain(stack: Stack, workdir: Path, n: int) -> dict[str, Any]:
         deadline = time.monotonic() + 120 + n / 50
         while True:
             at = time.perf_counter()
-            if data.backlog(client, "naive") == (0, 0):
+            if data.backlog(client, procs.NAIVE_QUEUE) == (0, 0):
                 return at
             if time.monotonic() > deadline:
                 raise procs.BenchError("the no-op queue never drained")
             time.sleep(0.005)
 
     try:
-        t = _drain(stack, procs.naive(stack, workdir), "naive", n, finished)
+        t = _drain(stack, procs.naive(stack, workdir), procs.NAIVE_QUEUE, n, finished)
     finally:
         client.close()
     stack.flush_redis()

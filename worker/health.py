@@ -72,7 +72,7 @@ def check_broker(settings: Settings) -> list[Check]:
         client.ping()
         version = _server_version(client)
         depth = 0
-        for key in _queue_keys():
+        for key in queue_keys(QUEUE):
             depth += int(client.llen(key))  # type: ignore[arg-type]
         unacked = int(client.hlen("unacked"))  # type: ignore[arg-type]
         aside = int(client.llen(f"{QUEUE}.undecodable"))  # type: ignore[arg-type]
@@ -134,9 +134,10 @@ def require_redis_version(url: str) -> None:
         raise SystemExit(f"ai-usage worker: broker {redact_url(url)}: {problem}")
 
 
-def _queue_keys() -> list[str]:
-    # kombu's Redis transport keeps priorities in sibling lists named QUEUE + "\x06\x16" + n.
-    return [QUEUE] + [f"{QUEUE}\x06\x16{n}" for n in range(1, 10)]
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a kombu queue: its own, and one per priority (named queue +
+    "\x06\x16" + n), any of 1-9 so that a non-default priority_steps is counted too."""
+    return [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)]
 
 
 def check_ledger(engine: Engine, settings: Settings, now: dt.datetime | None = None) -> list[Check]:
