@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from worker.models import Base
+from worker.ledger.models import Base
 from worker.settings import get_settings
 
 config = context.config

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from bench.procs import BenchError
 from bench.servers import Stack
 from worker.health import queue_keys
-from worker.pricing import Pricer
+from worker.ledger.pricing import Pricer
 
 #: Priced models (genai-prices knows them), so the worker prices every event.
 MODELS = ("claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022", "gpt-4o", "gpt-4o-mini")

@@ -22,7 +22,7 @@ from celery import Celery, signals
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from worker.models import AIUsageLog
+from worker.ledger.models import AIUsageLog
 from worker.settings import normalise_database_url
 
 QUEUE = "naive"

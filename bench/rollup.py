@@ -1,7 +1,7 @@
 """Figure 6: rolling up a large log, and the report's latency with a small and a large log.
 
 Rows are COPied straight into ai_usage_logs (FKs and the dirty-month trigger apply) over the
-current month and the two before it, for 100 tenants. The report (worker.report.load_report
+current month and the two before it, for 100 tenants. The report (worker.ledger.report.load_report
 + render, in-process, table format) reads rollups only, so its latency should not grow with
 the log; it is timed over several repetitions and the median is kept."""
 
@@ -17,8 +17,8 @@ from sqlalchemy import text
 
 from bench import data
 from bench.servers import Stack
-from worker.report import load_report, render
-from worker.rollups import month_start, run_rollup
+from worker.ledger.report import load_report, render
+from worker.ledger.rollups import month_start, run_rollup
 
 MONTHS = 3
 

@@ -21,7 +21,7 @@ import psycopg2
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from worker.db import migrate
+from worker.ledger.db import migrate
 from worker.settings import normalise_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,13 +124,13 @@ def open_stack(database_url: str | None, redis_url: str | None, workdir: Path) -
     with ExitStack() as stack:
         embedded = database_url is None or redis_url is None
         if database_url is None:
-            from worker.embedded import EmbeddedPostgres
+            from worker.dev.embedded import EmbeddedPostgres
 
             pg = EmbeddedPostgres(workdir / "pg")
             stack.callback(pg.destroy)
             database_url = pg.start().url
         if redis_url is None:
-            from worker.embedded import EmbeddedRedis
+            from worker.dev.embedded import EmbeddedRedis
 
             rd = EmbeddedRedis(workdir / "redis")
             stack.callback(rd.destroy)

@@ -24,10 +24,10 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
-from worker import db as db_mod
 from worker import settings as settings_mod
-from worker.db import dispose_engine
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.ledger import db as db_mod
+from worker.ledger.db import dispose_engine
 from worker.settings import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from worker.batcher import Batcher
-from worker.ingest import WriteResult
+from worker.consumer.batcher import Batcher
+from worker.ledger.ingest import WriteResult
 
 
 class Clock:

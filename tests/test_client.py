@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import wait_for
 from worker.client import UsageClient, extract_usage
-from worker.errors import InvalidEvent
+from worker.client.errors import InvalidEvent
 
 TENANT = str(uuid.uuid4())
 

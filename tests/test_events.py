@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from worker.errors import InvalidEvent
-from worker.events import UsageEvent, parse_event
+from worker.client.errors import InvalidEvent
+from worker.client.events import UsageEvent, parse_event
 
 
 def good(**over: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import count_rows, make_tenant
-from worker.ingest import write_batch
-from worker.pricing import Pricer
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import Pricer
 
 
 def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:

@@ -24,11 +24,11 @@ from tests.conftest import (
     wait_for,
     with_database,
 )
-from worker.embedded import free_port
-from worker.ingest import write_batch
+from worker.dev.embedded import free_port
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import Pricer
+from worker.ledger.rollups import run_rollup
 from worker.logs import JsonFormatter, RedactingFormatter, redact
-from worker.pricing import Pricer
-from worker.rollups import run_rollup
 from worker.settings import normalise_database_url
 
 

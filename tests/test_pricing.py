@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from genai_prices import Usage, calc_price, data_snapshot
 
-from worker.errors import ConfigError
-from worker.pricing import Pricer, load_overrides
+from worker.client.errors import ConfigError
+from worker.ledger.pricing import Pricer, load_overrides
 
 UTC = dt.UTC
 
@@ -44,7 +44,7 @@ def test_unknown_provider_hint_falls_back_to_model() -> None:
 
 
 def _token_counts(rng: random.Random, model_price: object) -> list[tuple[int, int]]:
-    from worker.pricing import _shape
+    from worker.ledger.pricing import _shape
 
     counts = [(0, 0), (rng.randint(0, 300_000), rng.randint(0, 50_000))]
     for bound in _shape(model_price).bounds:  # either side of, and on, every tier threshold
@@ -56,7 +56,7 @@ def _token_counts(rng: random.Random, model_price: object) -> list[tuple[int, in
 def test_fast_path_equals_genai_prices_for_every_model() -> None:
     """The piecewise-linear shortcut must give exactly genai-prices' own result, tiered prices
     included, on and around every tier threshold."""
-    from worker.pricing import _shape
+    from worker.ledger.pricing import _shape
 
     snapshot = data_snapshot.get_snapshot()
     rng = random.Random(7)

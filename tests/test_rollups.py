@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import make_tenant
-from worker.ingest import write_batch
-from worker.pricing import Pricer, load_overrides
-from worker.report import load_report, render
-from worker.rollups import month_bounds, reprice, run_rollup
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import Pricer, load_overrides
+from worker.ledger.report import load_report, render
+from worker.ledger.rollups import month_bounds, reprice, run_rollup
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)
@@ -270,7 +270,7 @@ def test_beat_schedule_registers_the_task_with_expires() -> None:
     assert entry["task"] == "ai_usage.rollup_monthly"
     assert entry["schedule"] == 300.0
     assert entry["options"]["expires"] == 300.0
-    import worker.tasks  # noqa: F401 - registers the tasks
+    import worker.consumer.tasks  # noqa: F401 - registers the tasks
 
     assert "ai_usage.rollup_monthly" in app.tasks
 

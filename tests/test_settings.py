@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from worker.errors import ConfigError
+from worker.client.errors import ConfigError
 from worker.settings import Settings, load_settings, redact_url
 
 
@@ -87,7 +87,7 @@ def test_env_example_lists_every_setting() -> None:
 
 def test_importing_the_app_connects_to_nothing() -> None:
     code = (
-        "import worker.celery_app, worker.tasks, worker.client, worker.db, worker.cli;"
+        "import worker.celery_app, worker.consumer.tasks, worker.client, worker.ledger.db, worker.cli;"
         "import sys; print('ok')"
     )
     env = {

@@ -9,13 +9,13 @@ import sys
 import uuid
 from pathlib import Path
 
-from worker.errors import ConfigError
+from worker.client.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _month(value: str) -> dt.date:
-    from worker.rollups import parse_month
+    from worker.ledger.rollups import parse_month
 
     try:
         return parse_month(value)
@@ -78,11 +78,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     configure_logging(level="WARNING")
     if args.command == "run":
-        from worker.devrun import run
+        from worker.dev.demo import run
 
         return run(args.once, args.events, ROOT)
 
-    from worker.db import get_engine
+    from worker.ledger.db import get_engine
     from worker.settings import get_settings
 
     settings = get_settings()
@@ -96,19 +96,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     engine = get_engine()
     if args.command == "migrate":
-        from worker.db import migrate
+        from worker.ledger.db import migrate
 
         migrate()
         return 0
     if args.command == "report":
-        from worker.report import load_report, render
-        from worker.rollups import month_start
+        from worker.ledger.report import load_report, render
+        from worker.ledger.rollups import month_start
 
         month = args.month or month_start(dt.datetime.now(dt.UTC))
         print(render(load_report(engine, month, args.tenant), args.format))
         return 0
     if args.command == "rollup":
-        from worker.rollups import run_rollup
+        from worker.ledger.rollups import run_rollup
 
         result = run_rollup(engine, [args.month] if args.month else None, wait=True)
         months = ", ".join(m.strftime("%Y-%m") for m in result.months)
@@ -118,8 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "reprice":
-        from worker.pricing import default_pricer
-        from worker.rollups import reprice
+        from worker.ledger.pricing import default_pricer
+        from worker.ledger.rollups import reprice
 
         rp = reprice(engine, default_pricer(), args.month)
         print(f"priced {rp.priced} rows; {rp.still_unpriced} rows still have no known price")
@@ -132,8 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace, engine: object) -> int:
-    from worker.deadletters import list_dead_letters, replay
-    from worker.pricing import default_pricer
+    from worker.ledger.deadletters import list_dead_letters, replay
+    from worker.ledger.pricing import default_pricer
 
     if args.dl_command == "list":
         rows = list_dead_letters(engine, args.limit)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from prometheus_client import (  # noqa: E402 - after the folder exists
 )
 
 if TYPE_CHECKING:
-    from worker.ingest import WriteResult
+    from worker.ledger.ingest import WriteResult
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.errors import ConfigError
+from worker.client.envelope import QUEUE
+from worker.client.errors import ConfigError
 
-#: The queue every ai_usage task is routed to. Part of the public contract.
-QUEUE = "ai_usage"
+__all__ = ["QUEUE", "Settings", "get_settings", "load_settings"]
 #: `celery -A worker.celery_app` + these runs the worker, as the Procfile does (a test checks).
 WORKER_ARGS = (
     "worker",

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from worker.events import UsageEvent
+from worker.client.events import UsageEvent
 
 UUID_FIELDS = ("id", "tenant_id", "user_id", "assessment_id", "lead_id")
 LABELS = ("operation", "model", "provider")

@@ -33,7 +33,7 @@ from tests.conftest import (
     make_tenant,
     with_database,
 )
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.settings import QUEUE, normalise_database_url
 
 RECORD = "ai_usage.record"

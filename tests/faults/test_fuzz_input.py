@@ -18,8 +18,8 @@ from sqlalchemy import text
 from tests.faults.badinput import KNOWN, RESERVED, STRATEGIES, draw_many
 from tests.faults.support import RECORD, RECORD_BATCH, Stack, good_event, producer_app, send
 from worker.client import UsageClient
-from worker.errors import InvalidEvent
-from worker.events import parse_event
+from worker.client.errors import InvalidEvent
+from worker.client.events import parse_event
 
 pytestmark = pytest.mark.faults
 

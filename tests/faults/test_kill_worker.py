@@ -6,7 +6,7 @@ the visibility timeout passed; writes are idempotent by event id, so nothing dou
 kombu consumes with BRPOP, which removes a message from the list before the worker has read
 the reply: a worker killed in between lost that message, in neither the list nor "unacked".
 The worker now waits without popping and takes messages with a script that records them as
-unacknowledged in the same step (worker/broker.py). The first test kills at whatever moment
+unacknowledged in the same step (worker/consumer/transport.py). The first test kills at whatever moment
 the threshold is reached, with the producer still sending; the second reproduces the old
 window deterministically.
 """

@@ -90,7 +90,7 @@ def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_su
 
 
 def _hostile_items() -> dict[str, bytes]:
-    from worker.envelope import escape_json, redis_envelope
+    from worker.client.envelope import escape_json, redis_envelope
 
     info = b'"delivery_info": {"exchange": "", "routing_key": "ai_usage"}'
     return {

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from tests.faults.support import PacedSender, Stack, celery_cmd, good_event, producer_app
-from worker.ingest import write_batch
-from worker.pricing import default_pricer
-from worker.rollups import month_start, run_rollup
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import default_pricer
+from worker.ledger.rollups import month_start, run_rollup
 
 pytestmark = pytest.mark.faults
 

@@ -28,7 +28,7 @@ from tests.faults.support import (
     send,
 )
 from worker.client import UsageClient
-from worker.embedded import free_port
+from worker.dev.embedded import free_port
 from worker.settings import QUEUE
 
 pytestmark = pytest.mark.faults

@@ -15,7 +15,7 @@ import redis
 from tests.conftest import wait_for
 from tests.faults.support import Stack, celery_cmd, good_event, pings
 from worker.client import UsageClient
-from worker.embedded import free_port
+from worker.dev.embedded import free_port
 from worker.settings import WORKER_ARGS
 
 pytestmark = pytest.mark.faults

@@ -1,7 +1,7 @@
 """Coalesces incoming messages into database batches, acknowledging each message only after
 every event it carries is committed or dead-lettered.
 
-This is the broker-free half of the worker's batching; `worker.tasks` feeds it from Celery.
+This is the broker-free half of the worker's batching; `worker.consumer.tasks` feeds it from Celery.
 It is driven from one thread (the worker's consumer loop): `add()` for each message and
 `tick()` from a timer. With an executor, the database half of a batch runs on a writer thread
 while the consumer thread receives and prepares the next batch (psycopg2 releases the GIL while
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import metrics
-from worker.ingest import WriteResult
+from worker.ledger.ingest import WriteResult
 
 log = logging.getLogger(__name__)
 

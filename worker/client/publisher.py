@@ -28,17 +28,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from worker.envelope import EMBED, EMBED_ESCAPED, escape_json, new_id, redis_envelope
-from worker.events import UsageEvent, parse_event
-from worker.settings import QUEUE
-from worker.tracking import TrackingMixin, UsageTracker, extract_usage
+from worker.client.envelope import (
+    EMBED,
+    EMBED_ESCAPED,
+    QUEUE,
+    RECORD,
+    RECORD_BATCH,
+    escape_json,
+    new_id,
+    redis_envelope,
+)
+from worker.client.events import UsageEvent, parse_event
+from worker.client.tracking import TrackingMixin, UsageTracker, extract_usage
 
 __all__ = ["UsageClient", "UsageTracker", "extract_usage"]
 
 log = logging.getLogger(__name__)
-
-RECORD = "ai_usage.record"
-RECORD_BATCH = "ai_usage.record_batch"
 
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
 
@@ -309,7 +314,7 @@ class UsageClient(TrackingMixin):
         `body` is the message body already escaped as the inside of a JSON string.
 
         kombu's own publish spends ~10x the Python time per message, and the GIL it holds is
-        time stolen from the application's threads (see worker.envelope).
+        time stolen from the application's threads (see worker.client.envelope).
         """
         if self._publisher is not None:
             args, kwargs, _ = json.loads(json.loads(f'"{body}"'))

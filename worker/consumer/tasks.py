@@ -1,4 +1,4 @@
-"""Celery tasks (thin: the logic is in worker.ingest, worker.batcher and worker.rollups).
+"""Celery tasks (thin: the logic is in worker.ledger.ingest, worker.consumer.batcher and worker.ledger.rollups).
 
 `ai_usage.record` (one event as kwargs) and `ai_usage.record_batch` (one list of events) are
 not run one message at a time: their strategy hands each message to the consumer's Batcher,
@@ -13,11 +13,12 @@ from typing import Any
 
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from worker.batcher import Batcher
-from worker.broker import BulkReceiver, ack_messages
-from worker.celery_app import app
-from worker.db import get_engine
-from worker.ingest import (
+from worker.client.envelope import RECORD, RECORD_BATCH
+from worker.consumer.app import app
+from worker.consumer.batcher import Batcher
+from worker.consumer.transport import BulkReceiver, ack_messages
+from worker.ledger.db import get_engine
+from worker.ledger.ingest import (
     MalformedMessage,
     PreparedBatch,
     WriteResult,
@@ -25,13 +26,10 @@ from worker.ingest import (
     store_batch,
     write_batch,
 )
-from worker.pricing import default_pricer
+from worker.ledger.pricing import default_pricer
 from worker.settings import QUEUE, get_settings
 
 log = logging.getLogger(__name__)
-
-RECORD = "ai_usage.record"
-RECORD_BATCH = "ai_usage.record_batch"
 
 
 def _write(payloads: list[Any]) -> WriteResult:
@@ -166,7 +164,7 @@ def batching_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
 
 
 class BatchedTask(app.Task):  # type: ignore[misc]
-    Strategy = "worker.tasks:batching_strategy"
+    Strategy = "worker.consumer.tasks:batching_strategy"
 
 
 @app.task(name=RECORD, base=BatchedTask, bind=True)
@@ -184,7 +182,7 @@ def record_batch(self: Any, events: list[Any]) -> dict[str, int]:
 @app.task(name="ai_usage.rollup_monthly", acks_late=True)
 def rollup_monthly() -> dict[str, Any]:
     """Recompute the current month and every month with changed rows (Beat, every 5 min)."""
-    from worker.rollups import run_rollup
+    from worker.ledger.rollups import run_rollup
 
     return run_rollup(get_engine()).as_dict()
 

@@ -25,9 +25,9 @@ import psycopg2.errors
 from sqlalchemy import Engine
 
 from worker import metrics
-from worker.errors import InvalidEvent, TransientError
-from worker.events import UsageEvent, parse_event
-from worker.pricing import Pricer
+from worker.client.errors import InvalidEvent, TransientError
+from worker.client.events import UsageEvent, parse_event
+from worker.ledger.pricing import Pricer
 
 log = logging.getLogger(__name__)
 

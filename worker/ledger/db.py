@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine
 from worker.settings import get_settings, normalise_database_url
 
 #: The checkout (or install) root holding alembic.ini and alembic/.
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 _lock = threading.Lock()
 _engine: Engine | None = None

@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from worker.errors import ConfigError
+from worker.client.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from types import FrameType
 
 from sqlalchemy import create_engine, text
 
-from worker.db import migrate
+from worker.ledger.db import migrate
 from worker.settings import WORKER_ARGS, normalise_database_url, redact_url
 
 DEMO_TENANTS = ("Acme Corp", "Globex", "Initech", "Umbrella")
@@ -41,8 +41,8 @@ def _say(msg: str) -> None:
 
 def _demo(database_url: str, events: int) -> None:
     from worker.client import UsageClient
-    from worker.report import load_report, render
-    from worker.rollups import month_start, run_rollup
+    from worker.ledger.report import load_report, render
+    from worker.ledger.rollups import month_start, run_rollup
 
     engine = create_engine(normalise_database_url(database_url))
     with engine.begin() as conn:
@@ -131,7 +131,7 @@ def run(once: bool, events: int, root: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+        from worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
         if not database_url:
             pg = EmbeddedPostgres(state / "postgres").start()

@@ -15,7 +15,11 @@ import socket
 import uuid
 from typing import Any
 
-from worker.settings import QUEUE
+#: The queue every ai_usage task is routed to. Part of the public contract.
+QUEUE = "ai_usage"
+#: The task names of the contract.
+RECORD = "ai_usage.record"
+RECORD_BATCH = "ai_usage.record_batch"
 
 #: The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.
 EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.errors import ConfigError
+from worker.client.errors import ConfigError
 
 _PG_USER = "embedded_postgres"  # the OS user PostgreSQL runs as when we are root
 

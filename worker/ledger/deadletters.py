@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from worker.ingest import write_batch
-from worker.pricing import Pricer
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import Pricer
 
 
 @dataclass

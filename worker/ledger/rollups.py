@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker import metrics
-from worker.pricing import Pricer
+from worker.ledger.pricing import Pricer
 
 #: pg_advisory_xact_lock key of the rollup ("aiusage" in ASCII, as a bigint).
 ROLLUP_LOCK_KEY = 0x616975736167

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.errors import InvalidEvent
+from worker.client.errors import InvalidEvent
 
 #: PostgreSQL INTEGER's upper bound: token counts and durations must fit the column.
 INT_MAX = 2_147_483_647

@@ -1,0 +1,2 @@
+"""Development tooling (embedded servers, the `ai-usage run` demo): never imported by the
+worker, the beat or the client in production."""
