@@ -83,3 +83,16 @@ def replay(engine: Engine, pricer: Pricer, ids: Sequence[int] | None = None) -> 
         else:
             result.still_failing += 1
     return result
+
+
+def missing_ids(engine: Engine, ids: Sequence[int]) -> list[int]:
+    """Those of `ids` that name no dead letter."""
+    with engine.connect() as conn:
+        found = {
+            int(r)
+            for r in conn.execute(
+                text("SELECT id FROM ai_usage_dead_letters WHERE id = ANY(:ids)"),
+                {"ids": list(ids)},
+            ).scalars()
+        }
+    return sorted(set(ids) - found)
