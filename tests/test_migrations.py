@@ -99,11 +99,28 @@ def test_single_head_and_contract_revisions() -> None:
     assert chain.index("b2c3d4e5f6g7") > chain.index(script.get_current_head() or "")
 
 
-def test_ai_usage_logs_matches_the_guide(scratch: tuple[str, Engine]) -> None:
+#: Columns later revisions add to ai_usage_logs (all nullable: rows before them knew nothing).
+LATER_COLUMNS = {
+    "cache_read_tokens": ("INTEGER", True),
+    "cache_write_tokens": ("INTEGER", True),
+    "usage_details": ("JSONB", True),
+    "provider": ("VARCHAR(100)", True),
+    "fingerprint": ("BYTEA", True),
+}
+
+
+@pytest.mark.parametrize("revision", ["b2c3d4e5f6g7", "head"])
+def test_ai_usage_logs_matches_the_guide(scratch: tuple[str, Engine], revision: str) -> None:
+    """Exactly the guide's table at its revision; at head, the guide's columns unchanged and
+    only the later revisions' nullable columns beside them."""
     url, engine = scratch
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), revision)
     insp = inspect(engine)
     cols = {c["name"]: c for c in insp.get_columns("ai_usage_logs")}
+    later = LATER_COLUMNS if revision == "head" else {}
+    for name, (type_, nullable) in later.items():
+        assert str(cols.pop(name)["type"]) == type_, name
+        assert nullable, name
     expected = {
         "id": ("UUID", False),
         "tenant_id": ("UUID", False),

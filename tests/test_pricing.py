@@ -43,43 +43,69 @@ def test_unknown_provider_hint_falls_back_to_model() -> None:
     )
 
 
-def _token_counts(rng: random.Random, model_price: object) -> list[tuple[int, int]]:
+def _usages(rng: random.Random, model_price: object) -> list[dict[str, int]]:
+    """Usage vectors on, and on either side of, every tier threshold, with random cache reads,
+    cache writes and 5m / 1h write splits inside the prompt."""
     from worker.ledger.pricing import _shape
 
-    counts = [(0, 0), (rng.randint(0, 300_000), rng.randint(0, 50_000))]
-    for bound in _shape(model_price).bounds:  # either side of, and on, every tier threshold
-        counts += [(bound + d, rng.randint(0, 50_000)) for d in (-1, 0, 1, 2) if bound + d >= 0]
-        counts.append((bound + rng.randint(3, 2_000_000), rng.randint(0, 50_000)))
-    return counts
+    prompts = [0, 1, rng.randint(0, 300_000)]
+    for bound in _shape(model_price).bounds:
+        prompts += [bound + d for d in (-1, 0, 1, 2) if bound + d >= 0]
+        prompts.append(bound + rng.randint(3, 2_000_000))
+    out = []
+    for n in prompts:
+        read = rng.choice((0, rng.randint(0, n)))
+        write = rng.choice((0, rng.randint(0, n - read)))
+        one_hour = rng.choice((0, rng.randint(0, write)))
+        five_min = rng.choice((0, rng.randint(0, write - one_hour)))
+        out.append(
+            {
+                "input_tokens": n,
+                "output_tokens": rng.randint(0, 50_000),
+                "cache_read_tokens": read,
+                "cache_write_tokens": write,
+                "cache_write_1h_tokens": one_hour,
+                "cache_write_5m_tokens": five_min,
+            }
+        )
+    return out
 
 
 def test_fast_path_equals_genai_prices_for_every_model() -> None:
-    """The piecewise-linear shortcut must give exactly genai-prices' own result, tiered prices
-    included, on and around every tier threshold."""
+    """The piecewise-linear shortcut must give exactly genai-prices' own result for the full
+    usage (cache reads, cache writes, the 5m / 1h write split), tiered prices included, on and
+    around every tier threshold, for every model of the snapshot."""
+    from worker.ledger.pricing import Usage as FullUsage
     from worker.ledger.pricing import _shape
 
     snapshot = data_snapshot.get_snapshot()
     rng = random.Random(7)
-    checked = tiered = 0
+    checked = tiered = cached = 0
     for when in (dt.datetime(2025, 3, 1, tzinfo=UTC), dt.datetime(2026, 9, 1, tzinfo=UTC)):
         for provider in snapshot.providers:
             for model in provider.models:
                 mp = model.get_prices(when)
                 compared = 0
-                for inp, out in _token_counts(rng, mp):
+                for values in _usages(rng, mp):
                     try:
                         expected = model.calc_price(
-                            Usage(input_tokens=inp, output_tokens=out),
-                            provider,
-                            genai_request_timestamp=when,
+                            Usage(**values), provider, genai_request_timestamp=when
                         ).total_price
                     except Exception:
                         continue
-                    assert _shape(mp).price(inp, out) == expected, (provider.id, model.id, inp)
+                    usage = FullUsage(
+                        values["input_tokens"],
+                        values["output_tokens"],
+                        values["cache_read_tokens"],
+                        values["cache_write_tokens"],
+                        {k: values[k] for k in ("cache_write_1h_tokens", "cache_write_5m_tokens")},
+                    )
+                    assert _shape(mp).price(usage) == expected, (provider.id, model.id, values)
                     compared += 1
+                    cached += bool(values["cache_read_tokens"] and mp.cache_read_mtok)
                 checked += compared
                 tiered += bool(compared and _shape(mp).bounds)  # a tiered price, compared
-    assert checked > 1000 and tiered > 20, (checked, tiered)
+    assert checked > 5000 and tiered > 20 and cached > 1000, (checked, tiered, cached)
 
 
 def write_overrides(tmp_path: Path, entries: list[dict[str, object]]) -> str:

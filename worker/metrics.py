@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 # In multiprocess mode prometheus-client writes to this folder from the first metric on.
 _MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -25,15 +24,12 @@ from prometheus_client import (  # noqa: E402 - after the folder exists
     start_http_server,
 )
 
-if TYPE_CHECKING:
-    from worker.ledger.ingest import WriteResult
-
 log = logging.getLogger(__name__)
 
 EVENTS = Counter(
     "ai_usage_events_total",
     "Usage events handled by the worker, by outcome.",
-    ["outcome"],  # received, inserted, duplicate, dead_lettered, unpriced
+    ["outcome"],  # received, inserted, duplicate, conflict, dead_lettered, unpriced
 )
 BATCH_SIZE = Histogram(
     "ai_usage_batch_size_events",
@@ -61,15 +57,25 @@ ROLLUP_LAST_SUCCESS = Gauge(
 )
 
 
-def record_write(result: WriteResult) -> None:
-    """Count one committed batch."""
-    EVENTS.labels("received").inc(result.received)
-    EVENTS.labels("inserted").inc(result.inserted)
-    EVENTS.labels("duplicate").inc(result.duplicates)
-    EVENTS.labels("dead_lettered").inc(result.dead_lettered)
-    EVENTS.labels("unpriced").inc(result.unpriced)
-    BATCH_SIZE.observe(result.received)
-    WRITE_SECONDS.observe(result.seconds)
+def record_write(
+    *,
+    received: int,
+    inserted: int,
+    duplicates: int,
+    conflicts: int,
+    dead_lettered: int,
+    unpriced: int,
+    seconds: float,
+) -> None:
+    """Count one committed batch (conflicting duplicates are also among the dead-lettered)."""
+    EVENTS.labels("received").inc(received)
+    EVENTS.labels("inserted").inc(inserted)
+    EVENTS.labels("duplicate").inc(duplicates)
+    EVENTS.labels("conflict").inc(conflicts)
+    EVENTS.labels("dead_lettered").inc(dead_lettered)
+    EVENTS.labels("unpriced").inc(unpriced)
+    BATCH_SIZE.observe(received)
+    WRITE_SECONDS.observe(seconds)
 
 
 def prune_dead_process_files() -> None:

@@ -30,6 +30,14 @@ FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 Count = Annotated[StrictInt, Field(ge=0, le=INT_MAX)]
 Label = Annotated[str, Field(min_length=1, max_length=100)]
+#: A usage dimension beyond the token fields: a genai-prices usage key (cache_write_1h_tokens,
+#: input_audio_tokens, web_searches, ...). Token counts are integers; other units (seconds,
+#: characters, ...) may be fractional.
+DetailKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+DetailValue = Annotated[StrictInt | StrictFloat, Field(ge=0, le=1e12, allow_inf_nan=False)]
+#: Keys that are fields of their own, so never usage details.
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+MAX_USAGE_DETAILS = 32
 
 
 def _check_text(value: str) -> str:
@@ -59,6 +67,9 @@ class UsageEvent(BaseModel):
     provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     input_tokens: Count
     output_tokens: Count
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    usage_details: dict[DetailKey, DetailValue] | None = None
     total_tokens: Count | None = None
     cost_usd: (
         Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False, le=1e12)] | None
@@ -101,8 +112,40 @@ class UsageEvent(BaseModel):
             raise ValueError("is more than 5 minutes in the future")
         return utc
 
+    @field_validator("usage_details")
+    @classmethod
+    def _details(cls, value: dict[str, int | float] | None) -> dict[str, int | float] | None:
+        if not value:
+            return None
+        if len(value) > MAX_USAGE_DETAILS:
+            raise ValueError(f"at most {MAX_USAGE_DETAILS} keys, got {len(value)}")
+        for key, number in value.items():
+            if key in TOKEN_FIELDS:
+                raise ValueError(f"{key} is a field of its own, not a usage detail")
+            if key.endswith("_tokens") and not isinstance(number, int):
+                raise ValueError(f"{key} must be a whole number of tokens, got {number!r}")
+        return value
+
     @model_validator(mode="after")
     def _totals(self) -> UsageEvent:
+        cached = self.cache_read_tokens + self.cache_write_tokens
+        if cached > self.input_tokens:
+            raise ValueError(
+                f"input_tokens: {self.input_tokens} is less than cache_read_tokens +"
+                f" cache_write_tokens ({cached}); input_tokens counts every input token, cached"
+                " or not (Anthropic's and Bedrock's input counts leave the cache out: add it)"
+            )
+        if self.usage_details:
+            split = sum(
+                int(self.usage_details.get(k, 0))
+                for k in ("cache_write_5m_tokens", "cache_write_1h_tokens")
+            )
+            if split > self.cache_write_tokens:
+                raise ValueError(
+                    f"usage_details: cache_write_5m_tokens + cache_write_1h_tokens ({split})"
+                    f" exceed cache_write_tokens ({self.cache_write_tokens}), which counts every"
+                    " cache write"
+                )
         least = self.input_tokens + self.output_tokens
         if self.total_tokens is None:
             if least > INT_MAX:
@@ -133,6 +176,9 @@ def _describe(error: ValidationError) -> tuple[str, str]:
             msg = msg[len("Value error, ") :]
         loc, _, rest = msg.partition(": ")
         return loc, rest or msg
+    if loc == "usage_details" and len(first["loc"]) > 1:
+        # A key or a value of the map: say which.
+        msg = f"{first['loc'][1]!s}: {msg}"
     if first["type"] == "extra_forbidden":
         msg = "is not a known field"
     elif first["type"] == "missing":

@@ -115,6 +115,9 @@ class UsageClient(TrackingMixin):
         model: str,
         input_tokens: int,
         output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        usage_details: dict[str, int | float] | None = None,
         total_tokens: int | None = None,
         cost_usd: float | None = None,
         duration_ms: int | None = None,
@@ -127,6 +130,11 @@ class UsageClient(TrackingMixin):
         id: uuid.UUID | str | None = None,
     ) -> uuid.UUID:
         """Record one AI call; returns its event id.
+
+        `input_tokens` counts every input token, cached or not (genai-prices' convention):
+        `cache_read_tokens` and `cache_write_tokens` are parts of it. `usage_details` holds
+        any other usage genai-prices prices, by its usage key (`cache_write_1h_tokens`,
+        `input_audio_tokens`, `web_searches`, ...).
 
         Raises InvalidEvent (a ValueError naming the field) for bad input. In background mode
         nothing else is raised; in sync mode a broker error is raised after a few retries."""
@@ -142,6 +150,9 @@ class UsageClient(TrackingMixin):
                 "provider": provider,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
+                "cache_read_tokens": cache_read_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "usage_details": usage_details,
                 "total_tokens": total_tokens,
                 "cost_usd": cost_usd,
                 "duration_ms": duration_ms,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import metrics
-from worker.ledger.ingest import WriteResult
+from worker.ledger.rows import WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,12 @@ class Batcher:
             # write will count those events as duplicates, not twice.
             log.warning("could not acknowledge %d messages: %s", len(taken), exc)
         log.info(
-            "batch written: received=%d inserted=%d duplicates=%d dead_lettered=%d"
-            " unpriced=%d messages=%d seconds=%.3f",
+            "batch written: received=%d inserted=%d duplicates=%d conflicts=%d"
+            " dead_lettered=%d unpriced=%d messages=%d seconds=%.3f",
             result.received,
             result.inserted,
             result.duplicates,
+            result.conflicts,
             result.dead_lettered,
             result.unpriced,
             len(taken),
@@ -177,6 +178,7 @@ class Batcher:
                     "received": result.received,
                     "inserted": result.inserted,
                     "duplicates": result.duplicates,
+                    "conflicts": result.conflicts,
                     "dead_lettered": result.dead_lettered,
                     "unpriced": result.unpriced,
                     "messages": len(taken),

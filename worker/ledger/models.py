@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Constraint names are derived, so that migrations and models agree and downgrades can name them.
@@ -117,6 +118,16 @@ class AIUsageLog(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     success: Mapped[str] = mapped_column(String(20), nullable=False)
     created_at: Mapped[dt.datetime] = _created_at()
+    # Revision e5f6a7b8c9d0 (not in the migration guide; NULL on rows written before it).
+    #: Parts of input_tokens: read from, and written to, the provider's prompt cache.
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Further usage dimensions by genai-prices usage key (cache_write_1h_tokens, ...).
+    usage_details: Mapped[dict[str, int | float] | None] = mapped_column(JSONB)
+    #: The event's pricing hint (`aws`, `azure`, ...), which a reprice needs too.
+    provider: Mapped[str | None] = mapped_column(String(100))
+    #: A hash of the validated event: a second copy with other content is a conflict.
+    fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AIUsageDeadLetter(Base):
@@ -156,6 +167,12 @@ class AIUsageMonthlyRollup(Base):
     failed_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
     unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
     computed_at: Mapped[dt.datetime] = _created_at()
+    total_cache_read_tokens: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    total_cache_write_tokens: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
 
 
 class AIUsageRollupDirty(Base):

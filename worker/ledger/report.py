@@ -23,6 +23,8 @@ COLUMNS = (
     "total_cost_usd",
     "failed_calls",
     "unpriced_calls",
+    "total_cache_read_tokens",
+    "total_cache_write_tokens",
     "computed_at",
 )
 
@@ -41,6 +43,8 @@ class ReportRow:
     failed_calls: int
     unpriced_calls: int
     computed_at: dt.datetime
+    total_cache_read_tokens: int = 0
+    total_cache_write_tokens: int = 0
 
 
 @dataclass
@@ -56,7 +60,8 @@ def load_report(
     """The month's rollup rows, most expensive first (as the spec's query orders them)."""
     sql = (
         "SELECT r.tenant_id, t.name, r.api_calls, r.total_input_tokens, r.total_output_tokens,"
-        " r.total_tokens, r.total_cost_usd, r.failed_calls, r.unpriced_calls, r.computed_at"
+        " r.total_tokens, r.total_cost_usd, r.failed_calls, r.unpriced_calls, r.computed_at,"
+        " r.total_cache_read_tokens, r.total_cache_write_tokens"
         " FROM ai_usage_monthly_rollups r LEFT JOIN tenants t ON t.id = r.tenant_id"
         " WHERE r.month = :month"
     )

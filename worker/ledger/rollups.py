@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker import metrics
-from worker.ledger.pricing import Pricer
+from worker.ledger.pricing import Pricer, PricingError, Usage
 
 #: pg_advisory_xact_lock key of the rollup ("aiusage" in ASCII, as a bigint).
 ROLLUP_LOCK_KEY = 0x616975736167
@@ -77,16 +77,20 @@ WITH agg AS (
            SUM(total_tokens) AS total_tokens,
            SUM(cost_usd::numeric) AS total_cost_usd,
            COUNT(*) FILTER (WHERE success = 'failure') AS failed_calls,
-           COUNT(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls
+           COUNT(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+           COALESCE(SUM(cache_read_tokens), 0) AS total_cache_read_tokens,
+           COALESCE(SUM(cache_write_tokens), 0) AS total_cache_write_tokens
     FROM ai_usage_logs
     WHERE created_at >= :start AND created_at < :end {tenant_filter}
     GROUP BY tenant_id
 ), upserted AS (
     INSERT INTO ai_usage_monthly_rollups (
         tenant_id, month, api_calls, total_input_tokens, total_output_tokens, total_tokens,
-        total_cost_usd, failed_calls, unpriced_calls, computed_at)
+        total_cost_usd, failed_calls, unpriced_calls, total_cache_read_tokens,
+        total_cache_write_tokens, computed_at)
     SELECT tenant_id, :month, api_calls, total_input_tokens, total_output_tokens, total_tokens,
-           total_cost_usd, failed_calls, unpriced_calls, now()
+           total_cost_usd, failed_calls, unpriced_calls, total_cache_read_tokens,
+           total_cache_write_tokens, now()
     FROM agg
     ON CONFLICT (tenant_id, month) DO UPDATE SET
         api_calls = EXCLUDED.api_calls,
@@ -96,6 +100,8 @@ WITH agg AS (
         total_cost_usd = EXCLUDED.total_cost_usd,
         failed_calls = EXCLUDED.failed_calls,
         unpriced_calls = EXCLUDED.unpriced_calls,
+        total_cache_read_tokens = EXCLUDED.total_cache_read_tokens,
+        total_cache_write_tokens = EXCLUDED.total_cache_write_tokens,
         computed_at = EXCLUDED.computed_at
     RETURNING 1
 ), deleted AS (
@@ -216,18 +222,26 @@ def reprice(
     with engine.begin() as conn:
         rows = conn.execute(
             text(
-                f"SELECT id, model, input_tokens, output_tokens, created_at FROM ai_usage_logs"
+                "SELECT id, model, provider, input_tokens, output_tokens, cache_read_tokens,"
+                " cache_write_tokens, usage_details, success, created_at FROM ai_usage_logs"
                 f" WHERE {where} ORDER BY created_at"
             ),
             params,
         ).all()
         updates: list[dict[str, Any]] = []
-        for row_id, model, inp, out, created_at in rows:
-            cost = pricer.price(model, None, inp, out, created_at)
+        for row_id, model, provider, inp, out, read, write, details, ok, created_at in rows:
+            usage = Usage(inp, out, read or 0, write or 0, details or {})
+            if usage.is_empty() and ok == "success":
+                still += 1  # no usage reported: unknown, never free
+                continue
+            try:
+                cost = pricer.price_usage(model, provider, usage, created_at)
+            except PricingError:
+                cost = None
             if cost is None:
                 still += 1
                 continue
-            updates.append({"id": row_id, "cost": cost})
+            updates.append({"id": row_id, "cost": float(cost)})
             months.add(month_start(created_at))
         for i in range(0, len(updates), chunk):
             res = conn.execute(

@@ -1,0 +1,279 @@
+"""The CPU half of a write: validate, price and render a batch of events as COPY text.
+
+Every event of a batch ends as a row to store, a dead letter (invalid, or priced as
+impossible by genai-prices), or a duplicate of an earlier event of the same batch (a
+conflicting one, with other content under the same id, is a dead letter). Touches no database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.client.errors import InvalidEvent
+from worker.client.events import UsageEvent, parse_event
+from worker.ledger.pricing import Pricer, PricingError, Usage, usage_keys
+
+log = logging.getLogger(__name__)
+
+#: The columns a row's COPY line holds, in order (the spec's, then revision e5f6a7b8c9d0's).
+COLUMNS = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "operation",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "assessment_id",
+    "lead_id",
+    "duration_ms",
+    "success",
+    "created_at",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "usage_details",
+    "provider",
+    "cost_usd",
+    "fingerprint",
+)
+CONFLICT = "conflicting duplicate"
+
+
+@dataclass
+class DeadLetter:
+    """An event that could not be stored, and why."""
+
+    payload: Any
+    error: str
+    field: str | None = None
+    event_id: uuid.UUID | None = None
+    #: Set for a conflicting duplicate: each distinct content sent under one id is kept.
+    fingerprint: bytes | None = None
+
+
+@dataclass
+class MalformedMessage:
+    """Stands in a batch for a message whose shape is wrong (not for one bad event): it is
+    dead-lettered with `error`; `payload` is what the message carried (the event itself when
+    one can be read out of it, so that a replay can land it)."""
+
+    error: str
+    payload: Any
+
+
+@dataclass
+class WriteResult:
+    """What became of each event of a batch."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    dead_lettered: int = 0
+    unpriced: int = 0
+    seconds: float = 0.0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One valid event, priced and rendered."""
+
+    event: UsageEvent
+    cost: float | None
+    payload: Any
+    fingerprint: bytes
+    line: str = ""  # the row as a line of COPY text
+
+
+@dataclass
+class PreparedBatch:
+    """A batch validated, priced and rendered to COPY text, ready for the database half."""
+
+    rows: list[Row]
+    result: WriteResult
+    started: float
+
+
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+NULL = "\\N"
+
+
+def escape(value: str) -> str:
+    """`value` as COPY text (most labels need no escaping: one regex scan, not four replaces)."""
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+def _uid(v: uuid.UUID | None) -> str:
+    # 32 hex digits are valid uuid input, and cheaper to make than the dashed form.
+    return NULL if v is None else v.hex
+
+
+def _details(e: UsageEvent) -> str:
+    # Keys are [a-z0-9_] and values numbers: nothing in the JSON needs COPY escaping.
+    if not e.usage_details:
+        return NULL
+    return json.dumps(e.usage_details, sort_keys=True, separators=(",", ":"))
+
+
+def _content(e: UsageEvent) -> str:
+    """Every stored field of the event but its computed cost, as COPY text. The fingerprint
+    is a hash of this (and of a producer's own cost): a price computed by another version of
+    the worker does not make a redelivery look like a conflict."""
+    # Profiled: this runs once per event on the consumer thread, so it is one f-string.
+    return (
+        f"{e.id.hex}\t{e.tenant_id.hex}\t{_uid(e.user_id)}\t{escape(e.operation)}\t"
+        f"{escape(e.model)}\t{e.input_tokens}\t{e.output_tokens}\t{e.total_tokens}\t"
+        f"{_uid(e.assessment_id)}\t{_uid(e.lead_id)}\t"
+        f"{NULL if e.duration_ms is None else e.duration_ms}\t{e.success}\t"
+        f"{e.created_at.isoformat()}\t{e.cache_read_tokens}\t{e.cache_write_tokens}\t"
+        f"{_details(e)}\t{NULL if e.provider is None else escape(e.provider)}"
+    )
+
+
+def event_id(payload: Any) -> uuid.UUID | None:
+    """The event's id if it is one the contract accepts (a UUID string or object), else None:
+    a dead letter is keyed by it, so that a redelivery updates its entry. Anything else, an
+    integer of 32 digits say (which `uuid.UUID(str(...))` would take), is not an id, and
+    distinct events carrying it must not share one dead letter."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _unknown_detail(details: dict[str, int | float] | None) -> str | None:
+    """Why `details` names a usage key genai-prices does not price, or None."""
+    if not details:
+        return None
+    known = usage_keys()
+    for key in details:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"usage_details: {key!r} is not a usage key genai-prices prices{hint}"
+    return None
+
+
+def _usage(event: UsageEvent) -> Usage:
+    return Usage(
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_read_tokens,
+        event.cache_write_tokens,
+        event.usage_details or {},
+    )
+
+
+def prepare_batch(payloads: Sequence[Any], pricer: Pricer) -> PreparedBatch:
+    """Validate, price and render `payloads`."""
+    started = time.perf_counter()
+    result = WriteResult()
+    rows = _prepare_rows(payloads, pricer, result)
+    return PreparedBatch(rows, result, started)
+
+
+def _prepare_rows(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> list[Row]:
+    rows: list[Row] = []
+    seen: dict[uuid.UUID, bytes] = {}
+    unknown_models: set[str] = set()
+    empty = 0
+    now = dt.datetime.now(dt.UTC)
+    for payload in payloads:
+        result.received += 1
+        if isinstance(payload, MalformedMessage):
+            result.dead_letters.append(
+                DeadLetter(payload.payload, payload.error, "message", event_id(payload.payload))
+            )
+            continue
+        try:
+            event = parse_event(payload, now)
+        except InvalidEvent as exc:
+            result.dead_letters.append(DeadLetter(payload, str(exc), exc.field, event_id(payload)))
+            continue
+        unknown = _unknown_detail(event.usage_details)
+        if unknown:
+            result.dead_letters.append(DeadLetter(payload, unknown, "usage_details", event.id))
+            continue
+        content = _content(event)
+        given = event.cost_usd
+        fingerprint = hashlib.blake2b(
+            f"{content}\t{NULL if given is None else repr(float(given))}".encode(),
+            digest_size=16,
+        ).digest()
+        earlier = seen.get(event.id)
+        if earlier is not None:
+            if earlier == fingerprint:
+                result.duplicates += 1
+            else:
+                result.dead_letters.append(_conflict(payload, event.id, fingerprint))
+            continue
+        seen[event.id] = fingerprint
+        cost: float | None = None
+        usage = _usage(event)
+        if given is not None:
+            cost = float(given)
+        elif usage.is_empty() and event.success == "success":
+            # A successful call that reported no usage: its usage is unknown, not free. (A
+            # failed call that reported none cost nothing: providers bill no failed request.)
+            empty += 1
+        else:
+            try:
+                priced = pricer.price_usage(event.model, event.provider, usage, event.created_at)
+            except PricingError as exc:
+                result.dead_letters.append(
+                    DeadLetter(payload, f"{exc.field}: {exc}", exc.field, event.id)
+                )
+                continue
+            if priced is None:
+                unknown_models.add(event.model)
+            else:
+                cost = float(priced)
+        row = Row(event, cost, payload, fingerprint)
+        row.line = f"{content}\t{NULL if cost is None else repr(cost)}\t\\\\x{fingerprint.hex()}\n"
+        rows.append(row)
+    for model in sorted(unknown_models):
+        log.warning("no price known for model %r: its rows are stored with cost_usd NULL", model)
+    if empty:
+        log.warning(
+            "%d successful events reported no usage (0 tokens): stored with cost_usd NULL,"
+            " counted as unpriced, never as free",
+            empty,
+        )
+    return rows
+
+
+def _conflict(payload: Any, event: uuid.UUID, fingerprint: bytes, differs: str = "") -> DeadLetter:
+    detail = f" (differs in: {differs})" if differs else ""
+    return DeadLetter(
+        payload,
+        f"{CONFLICT}: event {event} was already received with other content{detail};"
+        " the stored row is unchanged",
+        "id",
+        event,
+        fingerprint,
+    )
+
+
+def conflict(row: Row, differs: Sequence[str]) -> DeadLetter:
+    """The dead letter of a row whose id is already stored with another fingerprint."""
+    return _conflict(row.payload, row.event.id, row.fingerprint, ", ".join(differs))
