@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast faults lint bench clean
+.PHONY: install run test test-fast faults lint bench clean kombu-suite test-latest
 
 install: $(STAMP)
 
@@ -32,6 +32,22 @@ test-fast: install
 faults: install
 	$(BIN)/pytest -m faults $(ARGS)
 
+# kombu's own Redis transport tests (from its sdist) against the worker's transport.
+kombu-suite: install
+	$(BIN)/python -m tests.kombu_suite
+
+# The broker, end-to-end and fault tests, and kombu's suite, on the newest celery and kombu
+# the pins allow (a second virtualenv, .venv-latest).
+LATEST := .venv-latest
+test-latest: install
+	@test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy only-if-needed \
+		-e '.[dev]' 'celery[redis]<5.8' 'kombu<5.8'
+	$(LATEST)/bin/python -c 'import celery, kombu; print("celery", celery.__version__, "kombu", kombu.__version__)'
+	$(LATEST)/bin/pytest tests/test_transport_canary.py tests/test_e2e.py tests/faults $(ARGS)
+	$(LATEST)/bin/python -m tests.kombu_suite
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -41,4 +57,4 @@ bench: install
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(LATEST) .cache .run .mypy_cache .ruff_cache .pytest_cache *.egg-info

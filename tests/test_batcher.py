@@ -72,11 +72,40 @@ def test_byte_cap_and_whole_messages() -> None:
     assert sink.batches == [[1, 2, 3], [4, 5]]
 
 
-def test_a_message_larger_than_the_cap_goes_alone() -> None:
+def test_a_message_larger_than_the_cap_is_written_in_parts_and_acked_once() -> None:
+    sink, clock, acked = Sink(), Clock(), []
+    b = make(sink, clock, max_events=3)
+    calls: list[int] = []
+    b._acknowledge = lambda acks: (calls.append(len(acks)), [a() for a in acks])
+    b.add(list(range(7)), 70, lambda: acked.append("big"))
+    # One transaction per part, each of at most max_events; one acknowledgement, after the last.
+    assert sink.batches == [[0, 1, 2], [3, 4, 5], [6]]
+    assert acked == ["big"] and calls == [0, 0, 1]
+
+
+def test_a_part_that_fails_keeps_the_whole_message_unacked() -> None:
+    sink, clock, acked = Sink(), Clock(), []
+    b = make(sink, clock, max_events=3)
+    b.add(list(range(6)), 60, lambda: acked.append("big"))
+    assert sink.batches == [[0, 1, 2], [3, 4, 5]] and acked == ["big"]
+    sink.batches.clear()
+    acked.clear()
+    sink.failing = True
+    b.add(list(range(10, 16)), 60, lambda: acked.append("second"))
+    assert acked == [] and b.held_events == 6
+    sink.failing = False
+    clock.now = 5.0
+    b.tick()
+    assert acked == ["second"] and b.held_events == 0
+
+
+def test_unwritten_hands_back_each_message_once() -> None:
     sink, clock = Sink(), Clock()
     b = make(sink, clock, max_events=3)
-    b.add(list(range(7)), 1, lambda: None)
-    assert sink.batches == [list(range(7))]
+    sink.failing = True
+    b.add(list(range(7)), 70, "big")
+    b.add([9], 1, "small")
+    assert b.unwritten() == ["big", "small"] and b.held_events == 0
 
 
 def test_failed_write_keeps_messages_unacked_and_backs_off() -> None:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, text
 
+from worker.consumer.transport import key_names, queue_keys, undecodable_key
 from worker.logs import redact
 from worker.settings import QUEUE, Settings, redact_url
 
@@ -71,11 +72,12 @@ def check_broker(settings: Settings) -> list[Check]:
         client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         client.ping()
         version = _server_version(client)
+        names = key_names()
         depth = 0
         for key in queue_keys(QUEUE):
             depth += int(client.llen(key))  # type: ignore[arg-type]
-        unacked = int(client.hlen("unacked"))  # type: ignore[arg-type]
-        aside = int(client.llen(f"{QUEUE}.undecodable"))  # type: ignore[arg-type]
+        unacked = int(client.hlen(names["unacked"]))  # type: ignore[arg-type]
+        aside = int(client.llen(undecodable_key(QUEUE)))  # type: ignore[arg-type]
         client.close()
     except Exception as exc:
         return [Check("broker", "fail", f"unreachable ({redact_url(url)}): {type(exc).__name__}")]
@@ -132,12 +134,6 @@ def require_redis_version(url: str) -> None:
     problem = redis_version_problem(version)
     if problem:
         raise SystemExit(f"ai-usage worker: broker {redact_url(url)}: {problem}")
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists of a kombu queue: its own, and one per priority (named queue +
-    "\x06\x16" + n), any of 1-9 so that a non-default priority_steps is counted too."""
-    return [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)]
 
 
 def check_ledger(engine: Engine, settings: Settings, now: dt.datetime | None = None) -> list[Check]:

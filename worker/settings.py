@@ -6,7 +6,7 @@ Nothing here connects to anything. Every setting is listed in `.env.example`.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -15,12 +15,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.client.envelope import QUEUE
 from worker.client.errors import ConfigError
 
-__all__ = ["QUEUE", "Settings", "get_settings", "load_settings"]
+__all__ = ["PERIODIC_QUEUE", "QUEUE", "Settings", "get_settings", "load_settings"]
+#: The queue Celery's own task consumer reads: periodic tasks (rollups) sent by Beat. The
+#: ingest queue QUEUE is consumed by the worker's ingest step, whatever -Q says.
+PERIODIC_QUEUE = "ai_usage.periodic"
 #: `celery -A worker.celery_app` + these runs the worker, as the Procfile does (a test checks).
 WORKER_ARGS = (
     "worker",
     "-Q",
-    QUEUE,
+    PERIODIC_QUEUE,
     "--concurrency",
     "1",
     "--loglevel",
@@ -41,6 +44,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     celery_broker_url: str | None = Field(None, validation_alias="CELERY_BROKER_URL")
 
+    #: Extra kombu transport options (JSON), e.g. {"master_name": "mymaster"} for Sentinel.
+    broker_transport_extra: dict[str, Any] = Field(
+        default_factory=dict, validation_alias="AI_USAGE_BROKER_TRANSPORT_OPTIONS"
+    )
     #: Seconds before Redis hands an unacknowledged message to another worker.
     visibility_timeout: int = Field(300, ge=10, validation_alias="AI_USAGE_VISIBILITY_TIMEOUT")
     #: A worker batch is written when it holds this many events ...
@@ -54,6 +61,13 @@ class Settings(BaseSettings):
     #: ... or when its oldest message has waited this long.
     batch_max_wait_ms: int = Field(
         250, ge=1, le=60_000, validation_alias="AI_USAGE_BATCH_MAX_WAIT_MS"
+    )
+    #: Events a worker holds at most (taken, not yet acknowledged); 0: two batches.
+    prefetch_events: int = Field(0, ge=0, validation_alias="AI_USAGE_PREFETCH_EVENTS")
+    #: Seconds a stopping worker (SIGTERM) spends writing what it holds before it hands the
+    #: rest back to the queue; keep it well under the visibility timeout.
+    shutdown_drain_s: float = Field(
+        20.0, gt=0, le=600, validation_alias="AI_USAGE_SHUTDOWN_DRAIN_S"
     )
     #: Longest pause between two attempts to write while the database is down.
     db_retry_max_s: float = Field(10.0, gt=0, validation_alias="AI_USAGE_DB_RETRY_MAX_S")

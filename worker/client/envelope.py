@@ -44,9 +44,11 @@ def escape_json(text: str) -> str:
 EMBED_ESCAPED = escape_json(json.dumps(EMBED))
 
 
-def redis_envelope(task: str, body: str) -> str:
+def redis_envelope(task: str, body: str, events: int | None = None) -> str:
     """The envelope kombu's Redis transport would LPUSH for `task`; `body` is the protocol-2
-    body already escaped as the inside of a JSON string, and is spliced in untouched."""
+    body already escaped as the inside of a JSON string, and is spliced in untouched. `events`
+    (how many the message carries) goes in the `ai_usage_events` header, which lets a worker
+    count its room in events before it decodes the body."""
     task_id = str(uuid.uuid4())
     rest = json.dumps(
         {
@@ -69,6 +71,7 @@ def redis_envelope(task: str, body: str) -> str:
                 "kwargsrepr": None,
                 "origin": _ORIGIN,
                 "ignore_result": True,
+                **({"ai_usage_events": events} if events else {}),
             },
             "properties": {
                 "correlation_id": task_id,

@@ -227,7 +227,7 @@ class UsageClient(TrackingMixin):
                 body = "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
                 while True:
                     try:
-                        self._publish_raw(RECORD_BATCH, body)
+                        self._publish_raw(RECORD_BATCH, body, len(batch))
                         failures = 0
                         self.published += len(batch)
                         break
@@ -320,7 +320,7 @@ class UsageClient(TrackingMixin):
                     raise
                 time.sleep(0.2 * 2**attempt)
 
-    def _publish_raw(self, task: str, body: str) -> None:
+    def _publish_raw(self, task: str, body: str, events: int | None = None) -> None:
         """LPUSH one Celery protocol-2 message, in kombu's Redis envelope, to the queue.
         `body` is the message body already escaped as the inside of a JSON string.
 
@@ -331,7 +331,7 @@ class UsageClient(TrackingMixin):
             args, kwargs, _ = json.loads(json.loads(f'"{body}"'))
             self._publisher(task, args, kwargs)
             return
-        envelope = redis_envelope(task, body)
+        envelope = redis_envelope(task, body, events)
         with self._app_lock:
             client = self._redis()
         client.lpush(QUEUE, envelope)

@@ -12,6 +12,8 @@ from celery import Celery, signals
 
 app = Celery("ai_usage_worker", include=["worker.consumer.tasks"])
 app.config_from_object("worker.consumer.config")
+# The ingest queue's consumer, batching and drain at shutdown: a consumer bootstep.
+app.steps["consumer"].add("worker.consumer.step:IngestStep")
 
 
 @signals.setup_logging.connect
@@ -23,13 +25,11 @@ def _setup_logging(**_: Any) -> None:
 
 @signals.celeryd_init.connect
 def _worker_setup(**_: Any) -> None:
-    from worker.consumer.transport import patch_kombu_redis
     from worker.health import require_redis_version
     from worker.settings import get_settings
 
     # SystemExit, unlike an exception, is not swallowed by Celery's signal dispatch.
     require_redis_version(get_settings().broker_url)
-    patch_kombu_redis()
     _prune_metrics_dir()
 
 

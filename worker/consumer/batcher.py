@@ -1,14 +1,18 @@
 """Coalesces incoming messages into database batches, acknowledging each message only after
 every event it carries is committed or dead-lettered.
 
-This is the broker-free half of the worker's batching; `worker.consumer.tasks` feeds it from Celery.
-It is driven from one thread (the worker's consumer loop): `add()` for each message and
-`tick()` from a timer. With an executor, the database half of a batch runs on a writer thread
-while the consumer thread receives and prepares the next batch (psycopg2 releases the GIL while
-it waits on the server), at most one batch in the database at a time; acknowledgements are
-always sent from the consumer thread. A failed write keeps every message pending
-(unacknowledged) and is retried with exponential backoff, so a database outage loses nothing
-and needs no restart.
+This is the broker-free half of the worker's batching; the ingest bootstep
+(worker.consumer.step) feeds it. It is driven from one thread (the worker's consumer loop):
+`add()` for each message and `tick()` from a timer. With an executor, the database half of a
+batch runs on a writer thread while the consumer thread receives and prepares the next batch
+(psycopg2 releases the GIL while it waits on the server), at most one batch in the database at
+a time; acknowledgements are always sent from the consumer thread. A failed write keeps every
+message pending (unacknowledged) and is retried with exponential backoff, so a database outage
+loses nothing and needs no restart.
+
+One transaction writes at most `max_events` events: a message carrying more is split into
+parts written by several transactions (each idempotent by event id) and acknowledged once the
+last part is in, so whatever a message carries, a transaction and its memory stay bounded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +32,22 @@ from worker.ledger.rows import WriteResult
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
+class Receipt:
+    """What acknowledges one message (a callable by default, or whatever the Batcher's
+    `acknowledge` takes), once all of its parts are written."""
+
+    ack: Any
+    parts: int = 1
+
+
+@dataclass(eq=False)
 class Pending:
-    """One received message: its events, its size, and what acknowledges it (a callable by
-    default, or whatever the Batcher's `acknowledge` takes, e.g. a kombu message)."""
+    """One message, or one part of a large one: its events, its size, its receipt."""
 
     events: Sequence[Any]
     size: int
-    ack: Any
+    receipt: Receipt
 
 
 def _call_each(acks: list[Any]) -> None:
@@ -80,17 +93,31 @@ class Batcher:
         self._failures = 0
         self._retry_at = 0.0
         self._in_flight: tuple[Future[WriteResult], list[Pending]] | None = None
+        self._in_flight_events = 0
 
     @property
     def pending_events(self) -> int:
         """Events received and not yet handed to the database."""
         return self._events
 
+    @property
+    def held_events(self) -> int:
+        """Events received and not yet acknowledged: pending, and in the database now."""
+        return self._events + self._in_flight_events
+
     def add(self, events: Sequence[Any], size: int, ack: Any) -> None:
         """Take one message; writes at once if that fills the batch (unless backing off)."""
         if not self._pending:
             self._oldest = self._clock()
-        self._pending.append(Pending(events, size, ack))
+        step = self.max_events
+        if len(events) <= step:
+            self._pending.append(Pending(events, size, Receipt(ack)))
+        else:
+            parts = [events[i : i + step] for i in range(0, len(events), step)]
+            receipt = Receipt(ack, len(parts))
+            share = size // len(parts) + 1
+            self._pending.extend(Pending(part, share, receipt) for part in parts)
+            size = share * len(parts)
         self._events += len(events)
         self._bytes += size
         if self._full() and self._clock() >= self._retry_at:
@@ -132,36 +159,64 @@ class Batcher:
                 self._succeeded(taken, result)
             else:
                 self._in_flight = (self._executor.submit(self._store, prepared), taken)
+                self._in_flight_events = sum(len(p.events) for p in taken)
         return True
 
-    def drain(self) -> bool:
-        """Write everything and wait for it (worker shutdown, tests). True if all succeeded."""
+    def drain(self, timeout: float | None = None) -> bool:
+        """Write everything and wait for it (worker shutdown, tests), for at most `timeout`
+        seconds for the batch in the database. True if all succeeded."""
         ok = self.flush()
-        return self._settle() and ok
+        return self._settle(timeout) and ok
 
-    def _settle(self) -> bool:
+    def unwritten(self) -> list[Any]:
+        """The acknowledgements of every message not (wholly) written: what a stopping worker
+        must hand back to the broker. Forgets them."""
+        acks: dict[int, Any] = {}
+        pending = list(self._pending)
+        if self._in_flight is not None:
+            pending += self._in_flight[1]
+            self._in_flight = None
+            self._in_flight_events = 0
+        for p in pending:
+            acks.setdefault(id(p.receipt), p.receipt.ack)
+        self._pending.clear()
+        self._events = self._bytes = 0
+        self._oldest = None
+        return list(acks.values())
+
+    def _settle(self, timeout: float | None = None) -> bool:
         """Wait for the batch in the database, if any: ack it, or put it back on failure."""
         if self._in_flight is None:
             return True
         future, taken = self._in_flight
-        self._in_flight = None
         try:
-            result = future.result()
+            result = future.result(timeout)
+        except FutureTimeout:
+            return False  # still in the database: kept in flight
         except Exception as exc:
+            self._in_flight = None
+            self._in_flight_events = 0
             self._failed(taken, exc)
             return False
+        self._in_flight = None
+        self._in_flight_events = 0
         self._succeeded(taken, result)
         return True
 
     def _succeeded(self, taken: list[Pending], result: WriteResult) -> None:
         self._failures = 0
         self._retry_at = 0.0
+        done: list[Any] = []
+        for p in taken:
+            p.receipt.parts -= 1
+            if p.receipt.parts == 0:
+                done.append(p.receipt.ack)
         try:
-            self._acknowledge([p.ack for p in taken])
+            self._acknowledge(done)
         except Exception as exc:
             # Committed but not acknowledged: the broker will redeliver, and the idempotent
             # write will count those events as duplicates, not twice.
-            log.warning("could not acknowledge %d messages: %s", len(taken), exc)
+            log.warning("could not acknowledge %d messages: %s", len(done), exc)
         log.info(
             "batch written: received=%d inserted=%d duplicates=%d conflicts=%d"
             " dead_lettered=%d unpriced=%d messages=%d seconds=%.3f",
@@ -171,7 +226,7 @@ class Batcher:
             result.conflicts,
             result.dead_lettered,
             result.unpriced,
-            len(taken),
+            len(done),
             result.seconds,
             extra={
                 "batch": {
@@ -181,7 +236,7 @@ class Batcher:
                     "conflicts": result.conflicts,
                     "dead_lettered": result.dead_lettered,
                     "unpriced": result.unpriced,
-                    "messages": len(taken),
+                    "messages": len(done),
                     "seconds": round(result.seconds, 4),
                 }
             },
@@ -194,11 +249,10 @@ class Batcher:
         self._retry_at = self._clock() + delay
         metrics.WRITE_FAILURES.inc()
         log.warning(
-            "batch of %d messages not written (%s); %d messages kept unacknowledged,"
-            " retry in %.1fs",
-            len(taken),
+            "batch of %d events not written (%s); %d events kept unacknowledged, retry in %.1fs",
+            sum(len(p.events) for p in taken),
             exc,
-            len(self._pending),
+            self._events,
             delay,
         )
 
@@ -210,7 +264,7 @@ class Batcher:
         self._oldest = self._clock()
 
     def _take(self) -> list[Pending]:
-        """Remove whole messages from the front, up to the caps (at least one message)."""
+        """Remove whole messages (or parts) from the front, up to the caps (at least one)."""
         taken: list[Pending] = []
         events = size = 0
         while self._pending:

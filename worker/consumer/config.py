@@ -3,13 +3,22 @@ beat or producer start), never at import of `worker.celery_app`."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from kombu import Queue
 
-from worker.settings import QUEUE, get_settings
+from worker.settings import PERIODIC_QUEUE, QUEUE, get_settings
 
 _s = get_settings()
 
 broker_url = _s.broker_url
+# The worker's Redis transport (waits without popping, takes under its own delivery tags,
+# counts room in events): kombu's documented way to change a transport, by `module:Class`.
+broker_transport = (
+    "worker.consumer.transport:SentinelTransport"
+    if urlsplit(broker_url).scheme == "sentinel"
+    else "worker.consumer.transport:Transport"
+)
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting; an outage must not stop the worker
 # Only this key is read by the Redis transport (a top-level visibility_timeout is ignored).
@@ -17,6 +26,7 @@ broker_transport_options = {
     "visibility_timeout": _s.visibility_timeout,
     "socket_keepalive": True,
     "health_check_interval": 25,
+    **_s.broker_transport_extra,
 }
 
 # JSON only: a pickle message is refused, never executed.
@@ -30,16 +40,18 @@ task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 
-task_default_queue = QUEUE
-task_queues = (Queue(QUEUE, routing_key=QUEUE),)
-task_routes = {"ai_usage.*": {"queue": QUEUE, "routing_key": QUEUE}}
+# Ingest messages go to QUEUE (read by the ingest step); every other task of the app (rollups)
+# to PERIODIC_QUEUE, read by Celery's own task consumer (`-Q ai_usage.periodic`).
+task_default_queue = PERIODIC_QUEUE
+task_queues = (Queue(PERIODIC_QUEUE, routing_key=PERIODIC_QUEUE),)
+task_routes = {
+    "ai_usage.record": {"queue": QUEUE, "routing_key": QUEUE},
+    "ai_usage.record_batch": {"queue": QUEUE, "routing_key": QUEUE},
+    "ai_usage.*": {"queue": PERIODIC_QUEUE, "routing_key": PERIODIC_QUEUE},
+}
 
-# The batcher holds messages unacknowledged until their batch commits, so the consumer must be
-# allowed that many in flight (the batcher writes as soon as a batch is full).
-worker_prefetch_multiplier = 2 * _s.batch_max_events
-# Celery lowers the prefetch count after a broker reconnect and raises it again per ack; the
-# batcher acknowledges in bulk and needs its full window at once.
-worker_enable_prefetch_count_reduction = False
+# Celery's task consumer only runs periodic tasks; the ingest step bounds its own room in events.
+worker_prefetch_multiplier = 1
 worker_hijack_root_logger = False
 worker_send_task_events = False
 worker_cancel_long_running_tasks_on_connection_loss = False
@@ -52,7 +64,7 @@ beat_schedule = {
         "schedule": _s.rollup_interval_s,
         # A backlog of periodic messages must not pile up: each one is dropped once its
         # successor is due.
-        "options": {"expires": _s.rollup_interval_s, "queue": QUEUE},
+        "options": {"expires": _s.rollup_interval_s, "queue": PERIODIC_QUEUE},
     }
 }
 

@@ -1,329 +1,481 @@
-"""The worker's side of kombu's Redis transport: how messages are waited for, taken,
-acknowledged and restored. Used by the worker process only (patch_kombu_redis), never by
-producers.
+"""The worker's Redis transport: kombu's, with how messages are waited for, taken, acknowledged
+and restored changed in subclasses, selected by Celery's `broker_transport` setting
+(`worker.consumer.transport:Transport`, or `:SentinelTransport` for `sentinel://` URLs).
+Producers never use it: they publish with plain kombu or the client's one LPUSH.
 
-- Taking: kombu's BRPOP removes a message before the worker has read the reply, so a worker
-  killed in between lost it. The worker waits without popping and takes messages with one Lua
-  script that pops and records them as unacknowledged in the same step, many per round trip.
-- Acknowledging: kombu acknowledges a message with its own pipeline (ZREM + HDEL) and makes a
-  new `redis.Redis` object for every such operation; profiled under py-spy, those two costs
-  were 55% of the worker's time draining single-event messages. A batch already commits as one
-  transaction, so it is acknowledged as one pipeline too.
-- Anything in the queue that is not a kombu message, and any 'unacked' entry that cannot be
-  restored, is set aside in `<queue>.undecodable`, never dropped and never fatal.
+- Waiting: kombu's BRPOP removes a message before the worker has read the reply, so a worker
+  killed in between lost it. This channel waits with `BLMOVE queue queue RIGHT RIGHT`, which
+  blocks until the queue holds a message and leaves the list as it was.
+- Taking: one Lua script pops messages and records each as unacknowledged in the same step,
+  under a delivery tag the worker assigns (never the producer's: a producer that stamps every
+  message `delivery_tag: "celery"` would make in-flight messages share one recovery entry).
+  It takes messages while the consumer has room counted in EVENTS, not messages: a message of
+  500 events is 500 (the client says so in a header; other producers' messages are estimated
+  from what was seen), so a worker holds a bounded number of events and the rest of a backlog
+  stays in Redis for other workers.
+- Delivering: each taken item is checked and built into a kombu Message here, one at a time,
+  so that no item (not JSON, not an envelope, a body kombu cannot decode, headers that are not
+  an object) can raise out of the event loop; what cannot be delivered is handed to the
+  channel's `on_refused` hook (the ingest step dead-letters its events if it can read them)
+  or set aside in `<queue>.undecodable` with its reason. Nothing is dropped.
+- Acknowledging: a batch commits as one transaction, so it is acknowledged as one pipeline; a
+  cached redis-py client per channel replaces kombu's new client per operation.
+- Restoring: an `unacked` entry that cannot be restored is set aside instead of raising (kombu
+  restores at every worker start: one bad entry would stop every start).
+
+Every kombu internal this module relies on is named in KOMBU_INTERNALS; the upgrade-canary
+test (tests/test_transport_canary.py) fails, naming it, when one of them changes.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
-
-from worker.settings import QUEUE
 
 log = logging.getLogger(__name__)
 
-
-def ack_messages(messages: Sequence[Any]) -> None:
-    """Acknowledge kombu messages; Redis ones sharing a channel in one pipeline."""
-    by_channel: dict[int, list[Any]] = {}
-    for message in messages:
-        by_channel.setdefault(id(message.channel), []).append(message)
-    for group in by_channel.values():
-        channel = group[0].channel
-        qos = getattr(channel, "qos", None)
-        if not isinstance(qos, kombu_redis.QoS):
-            for message in group:
-                message.ack()
-            continue
-        try:
-            with channel.conn_or_acquire() as client:
-                pipe = client.pipeline()
-                for message in group:
-                    qos._remove_from_indices(message.delivery_tag, pipe)
-                pipe.execute()
-        finally:
-            # What kombu's Message.ack and the virtual QoS do after the Redis commands. Done
-            # even when those failed: the entries left in 'unacked' come back after the
-            # visibility timeout (and are written once, idempotently), while tags left in the
-            # channel's prefetch count would stop it consuming for good.
-            for message in group:
-                virtual.QoS.ack(qos, message.delivery_tag)
-                message._state = "ACK"
+#: The suffix of the Redis list where items that are not messages are set aside.
+UNDECODABLE_SUFFIX = ".undecodable"
 
 
-@contextlib.contextmanager
-def _cached_conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
-    if client:
-        yield client
-        return
-    cached = self.__dict__.get("_ai_usage_client")
-    if cached is None:
-        # A client is only a handle on the channel's connection pool: reusing it is what
-        # redis-py intends, and the pool still replaces broken connections.
-        cached = self.__dict__["_ai_usage_client"] = self._create_client()
-    yield cached
+@dataclass(frozen=True)
+class Internal:
+    """A kombu internal this transport relies on, and how; `since` marks one that only newer
+    kombu versions have (used when present)."""
+
+    owner: type
+    name: str
+    use: str
+    since: str | None = None
 
 
-_kombu_brpop_start = kombu_redis.Channel._brpop_start
-_kombu_qos_append = kombu_redis.QoS.append
+#: Every kombu name this module uses that is not kombu's documented API. The canary test
+#: checks each one exists with the signature (and, for the methods overridden here, the
+#: source) reviewed for the supported kombu versions.
+KOMBU_INTERNALS: tuple[Internal, ...] = (
+    Internal(kombu_redis.Channel, "_brpop_start", "overridden: send the BLMOVE wait"),
+    Internal(kombu_redis.Channel, "_brpop_read", "overridden: read the wait's reply, take"),
+    Internal(kombu_redis.Channel, "_in_poll", "set while a wait is outstanding (the poller)"),
+    Internal(kombu_redis.Channel, "_closing", "read: no take while the channel closes"),
+    Internal(kombu_redis.Channel, "_create_client", "called: the cached client's pool"),
+    Internal(kombu_redis.Channel, "_do_restore_message", "called: put a message back"),
+    Internal(kombu_redis.Channel, "_q_for_pri", "called: a queue's list per priority"),
+    Internal(kombu_redis.QoS, "_remove_from_indices", "called: ZREM + HDEL of a tag"),
+    Internal(kombu_redis.QoS, "restore_by_tag", "overridden: set aside what cannot be restored"),
+    Internal(virtual.QoS, "append", "called: in-memory bookkeeping of a delivered message"),
+    Internal(virtual.QoS, "ack", "called: in-memory acknowledgement"),
+    Internal(kombu_redis.Channel, "basic_consume", "overridden: remember each queue's callback"),
+    Internal(kombu_redis.Channel, "unacked_key", "the hash of unacknowledged messages ('unacked')"),
+    Internal(kombu_redis.Channel, "unacked_index_key", "their index by time ('unacked_index')"),
+    Internal(kombu_redis.Channel, "sep", "joins a queue name and a priority in a list's key"),
+    Internal(
+        kombu_redis.Channel,
+        "_brpop_sent_at",
+        "set when the wait is sent: the poller drops a wait overdue on a half-open socket",
+        since="5.7",
+    ),
+    Internal(
+        kombu_redis.Channel,
+        "_flush_brpop_reauth",
+        "called after the wait's reply: sends a pending re-authentication",
+        since="5.7",
+    ),
+)
 
-
-def patch_kombu_redis() -> None:
-    """Patch kombu's Redis transport for the worker process (never for producers):
-
-    - one redis-py client per channel instead of one per operation;
-    - a queue with one consumer is waited on without popping: kombu's BRPOP takes a message
-      out of the queue before the worker has read the reply, so a worker killed in between
-      loses it; here the message is popped and recorded as unacknowledged in one atomic
-      script, after the worker is awake to take it (see `_wait_start`);
-    - a queue item that is not a kombu message, or an 'unacked' entry that cannot be
-      restored, is set aside in `<queue>.undecodable` instead of stopping the worker.
-    """
-    kombu_redis.Channel.conn_or_acquire = _cached_conn_or_acquire
-    kombu_redis.Channel._brpop_start = _wait_start
-    kombu_redis.Channel._brpop_read = _wait_read
-    kombu_redis.QoS.append = _append_unless_recorded
-    kombu_redis.QoS.restore_by_tag = _restore_by_tag
-
-
-def _wait_start(self: Any, timeout: float | None = None) -> None:
-    """Instead of `BRPOP queue`, send `BLMOVE queue queue RIGHT RIGHT`: it blocks until the
-    queue holds a message and returns a copy of its tail, leaving the list as it was. The
-    worker then takes messages with `_TAKE`, which records them as unacknowledged in the same
-    step, so at no moment is a message only in a socket."""
-    queues = self.active_queues
-    if self.global_keyprefix or len(queues) != 1:
-        # Several queues cannot be waited on this way (BLMOVE watches one list): kombu's own
-        # BRPOP, with its window, is kept for such consumers. Ours consumes one queue.
-        self.__dict__.pop("_ai_usage_waiting", None)
-        _kombu_brpop_start(self, timeout)
-        return
-    (queue,) = queues
-    if timeout is None:
-        timeout = self.brpop_timeout
-    self._ai_usage_waiting = queue
-    self._in_poll = self.client.connection
-    self.client.connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
-
-
-def _wait_read(self: Any, **options: Any) -> bool:
-    queue = self.__dict__.pop("_ai_usage_waiting", None)
-    if queue is None:
-        return _brpop_read_guarded(self, **options)
-    try:
-        try:
-            self.client.parse_response(self.client.connection, "BLMOVE", **options)
-        except self.connection_errors:
-            self.client.connection.disconnect()
-            raise
-    finally:
-        self._in_poll = None
-    if self._closing:
-        # kombu's Channel.close reads the outstanding reply; taking now would leave a message
-        # in 'unacked' until the visibility timeout.
-        raise Empty()
-    # Take even when the wait timed out: it watches the queue's main list only, and messages
-    # sent with a priority wait in the queue's other lists.
-    items = take(self, queue, 1)
-    if not items:
-        raise Empty()
-    deliver(self, queue, items)
-    return True
-
-
-def _append_unless_recorded(self: Any, message: Any, delivery_tag: str) -> None:
-    # kombu's QoS.append writes the message to 'unacked'; `_TAKE` has already done that for
-    # the messages `deliver` hands over, so only the in-memory bookkeeping is left to do.
-    if getattr(self.channel, "_ai_usage_recorded", False):
-        virtual.QoS.append(self, message, delivery_tag)
-    else:
-        _kombu_qos_append(self, message, delivery_tag)
-
-
-def _restore_by_tag(self: Any, tag: str, client: Any = None, leftmost: bool = False) -> None:
-    """kombu's QoS.restore_by_tag, except that an entry that does not decode is set aside
-    instead of raising: kombu restores at every worker start, so one such entry would stop
-    every worker from starting."""
-
-    def restore_transaction(pipe: Any) -> None:
-        p = pipe.hget(self.unacked_key, tag)
-        pipe.multi()
-        self._remove_from_indices(tag, pipe)
-        if not p:
-            return
-        try:
-            message, exchange, routing_key = loads(bytes_to_str(p))
-            if not isinstance(message, dict) or not isinstance(routing_key, str):
-                raise ValueError("not a kombu message")
-        except (ValueError, TypeError) as exc:
-            log.error("unacked message %s cannot be restored (%s): set aside", tag, exc)
-            pipe.lpush(f"{QUEUE}.undecodable", p)
-            return
-        self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
-
-    with self.channel.conn_or_acquire(client) as client:
-        client.transaction(restore_transaction, self.unacked_key)
-
-
-def _brpop_read_guarded(self: Any, **options: Any) -> bool:
-    """kombu's Channel._brpop_read, except that a queue item that is not JSON is set aside in
-    `<queue>.undecodable` instead of raising out of the event loop (which stops the worker)."""
-    try:
-        try:
-            dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
-        except self.connection_errors:
-            self.client.connection.disconnect()
-            raise
-        if not dest__item:
-            raise Empty()
-        dest, item = dest__item
-        dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-        self._queue_cycle.rotate(dest)
-        try:
-            message = loads(bytes_to_str(item))
-        except ValueError:
-            log.error("queue %s: set aside a message that is not JSON", dest)
-            self.client.lpush(f"{dest}.undecodable", item)
-            return True
-        self.connection._deliver(message, dest)
-        return True
-    finally:
-        self._in_poll = None
-
-
-# Pops up to ARGV[1] messages from the queue's lists (KEYS[4..], in kombu's priority order) and
-# records each as unacknowledged, atomically, as kombu's QoS.append does for one message (ZADD
-# to the index, HSET of [payload, exchange, routing_key]); the payload is spliced in unparsed,
-# so nothing in it is re-encoded, and the restore target is the queue it was taken from
-# (exchange "" routes by the routing key ARGV[3], the queue's name as JSON), whatever the
-# payload says. Returns {payload, tag, payload, tag, ...}. Needs Redis >= 6.2 (RPOP count).
+# Pops messages of one queue (its lists KEYS[3..], in kombu's priority order) while the room
+# ARGV[1] (in events) lasts, and records each as unacknowledged in the same step, as kombu's
+# QoS.append does for one message (ZADD to the index KEYS[1], HSET in KEYS[2] of
+# [payload, exchange, routing_key]) but under a fresh tag ARGV[4].n. The payload is spliced
+# in unparsed, so nothing in it is re-encoded, and it is restored to the queue it was taken
+# from (exchange "" routes by the routing key ARGV[3], the queue's name as JSON), whatever it
+# says. A message counts as its `ai_usage_events` header, as 1 for ai_usage.record, else as
+# the estimate ARGV[5]. Nothing may raise after an RPOP (Redis does not undo it): an item that
+# is not JSON is recorded all the same, and the worker sets it aside. Returns
+# {payload, tag, payload, tag, ...}. Needs Redis >= 6.2 (the wait's BLMOVE).
 _TAKE = """
-local want = tonumber(ARGV[1])
+local room = tonumber(ARGV[1])
+local estimate = tonumber(ARGV[5])
 local taken = {}
-for k = 4, #KEYS do
-  if want <= 0 then break end
-  local items = redis.call('RPOP', KEYS[k], want)
-  if items then
-    want = want - #items
-    for _, item in ipairs(items) do
-      -- Nothing may raise after the RPOP: Redis does not undo it. Only a kombu envelope
-      -- (properties, their delivery_info and a string delivery_tag) is recorded; anything
-      -- else is set aside in KEYS[3], never dropped. cjson refuses some envelopes that are
-      -- valid JSON (a lone surrogate escape in Celery's argsrepr): those are read as text.
-      local tag = nil
-      local ok, msg = pcall(cjson.decode, item)
-      if ok then
-        if type(msg) == 'table' and type(msg['properties']) == 'table'
-            and type(msg['properties']['delivery_info']) == 'table'
-            and type(msg['properties']['delivery_tag']) == 'string' then
-          tag = msg['properties']['delivery_tag']
-        end
-      elseif string.find(item, '"properties": *{') then
-        tag = string.match(item, '"delivery_tag": *"([^"]+)"')
-      end
-      if tag then
-        redis.call('ZADD', KEYS[1], ARGV[2], tag)
-        redis.call('HSET', KEYS[2], tag, '[' .. item .. ', "", ' .. ARGV[3] .. ']')
-        taken[#taken + 1] = item
-        taken[#taken + 1] = tag
-      else
-        redis.call('LPUSH', KEYS[3], item)
+local n = 0
+for k = 3, #KEYS do
+  while room > 0 do
+    local item = redis.call('RPOP', KEYS[k])
+    if not item then break end
+    n = n + 1
+    local tag = ARGV[4] .. '.' .. n
+    redis.call('ZADD', KEYS[1], ARGV[2], tag)
+    redis.call('HSET', KEYS[2], tag, '[' .. item .. ', "", ' .. ARGV[3] .. ']')
+    taken[#taken + 1] = item
+    taken[#taken + 1] = tag
+    local cost = estimate
+    local ok, msg = pcall(cjson.decode, item)
+    if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
+      local count = msg['headers']['ai_usage_events']
+      if type(count) == 'number' and count >= 1 then
+        cost = count
+      elseif msg['headers']['task'] == 'ai_usage.record' then
+        cost = 1
       end
     end
+    room = room - cost
   end
+  if room <= 0 then break end
 end
 return taken
 """
 
 
-def take(channel: Any, queue: str, count: int) -> list[tuple[bytes, str]]:
-    """Pop up to `count` messages of `queue`, recorded as unacknowledged in the same step:
-    (payload, delivery tag) pairs."""
-    qos = channel.qos
-    with channel.conn_or_acquire() as client:
-        script = channel.__dict__.get("_ai_usage_take")
-        if script is None:
-            script = channel.__dict__["_ai_usage_take"] = client.register_script(_TAKE)
-        lists = dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps)
-        flat: list[bytes] = script(
-            keys=[qos.unacked_index_key, qos.unacked_key, f"{queue}.undecodable", *lists],
-            args=[count, time.time(), json.dumps(queue)],
-            client=client,
-        )
-    return [(flat[i], bytes_to_str(flat[i + 1])) for i in range(0, len(flat), 2)]
+def undecodable_key(queue: str) -> str:
+    """The Redis list where `queue`'s items that are not messages are set aside."""
+    return queue + UNDECODABLE_SUFFIX
 
 
-def deliver(channel: Any, queue: str, taken: Sequence[tuple[bytes, str]]) -> None:
-    """Hand messages `take` returned to the channel's consumer, the way kombu delivers one it
-    popped, so that every message, ours or not, takes Celery's usual path (an unknown task or
-    a pickle body is refused as usual)."""
-    for item, tag in taken:
+def set_aside_record(queue: str, item: bytes, reason: str, tag: str | bytes | None = None) -> str:
+    """What is pushed to the undecodable list: the item, untouched, and why."""
+    if isinstance(tag, bytes):
+        tag = tag.decode("utf-8", "replace")
+    record: dict[str, Any] = {
+        "reason": reason,
+        "queue": queue,
+        "set_aside_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if tag:
+        record["tag"] = tag
+    try:
+        record["item"] = item.decode("utf-8")
+    except UnicodeDecodeError:
+        record["item_base64"] = base64.b64encode(item).decode()
+    return json.dumps(record)
+
+
+@dataclass
+class Refused:
+    """A taken item the channel could not deliver as a message: the ingest step's
+    `on_refused` hook decides (dead letters if it can read events out of it, else set aside).
+    The item is recorded in `unacked` under `tag` until `channel.settle()` removes it."""
+
+    queue: str
+    item: bytes
+    tag: str
+    reason: str
+    envelope: dict[str, Any] | None
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, with room counted in events where the consumer says so."""
+
+    #: Room left in events (set by the ingest step for its channel); None: kombu's prefetch.
+    event_room: Callable[[], int] | None = None
+
+    def can_consume(self) -> bool:
+        if self.event_room is not None:
+            return self.event_room() > 0
+        return bool(super().can_consume())
+
+    def take_room(self) -> int:
+        """How much to take now: events for the ingest channel, else messages."""
+        if self.event_room is not None:
+            return max(0, self.event_room())
+        estimate = self.can_consume_max_estimate()
+        return 100 if estimate is None else estimate
+
+    def ack_many(self, tags: Sequence[str]) -> None:
+        """Acknowledge `tags` with one pipeline. The in-memory acknowledgement happens even
+        when Redis fails: entries left in `unacked` come back after the visibility timeout (and
+        are written once, idempotently), while tags left counted would stop consumption."""
         try:
-            envelope = json.loads(item)
-            properties = envelope["properties"]
-            if properties["delivery_tag"] != tag or not isinstance(
-                properties["delivery_info"], dict
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for tag in tags:
+                    self._remove_from_indices(tag, pipe)
+                pipe.execute()
+        finally:
+            for tag in tags:
+                virtual.QoS.ack(self, tag)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's restore_by_tag, except that an entry that does not decode as a kombu
+        message is set aside instead of raising."""
+
+        def restore_transaction(pipe: Any) -> None:
+            p = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if not p:
+                return
+            try:
+                message, exchange, routing_key = json.loads(p)
+                if not (
+                    isinstance(message, dict)
+                    and isinstance(message.get("properties"), dict)
+                    and isinstance(exchange, str)
+                    and isinstance(routing_key, str)
+                ):
+                    raise ValueError("not a kombu message")
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                queue = routing_key_of(p)
+                log.error("unacked entry %s cannot be restored (%s): set aside", tag, exc)
+                pipe.lpush(
+                    undecodable_key(queue),
+                    set_aside_record(queue, p, f"unacked entry cannot be restored: {exc}", tag),
+                )
+                return
+            self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as c:
+            c.transaction(restore_transaction, self.unacked_key)
+
+
+def routing_key_of(record: bytes) -> str:
+    """The queue an `unacked` record (as this transport writes them) was taken from, or the
+    ingest queue when it cannot be read."""
+    from worker.client.envelope import QUEUE
+
+    tail = record.rsplit(b",", 1)[-1].strip().rstrip(b"]").strip()
+    try:
+        value = json.loads(tail)
+    except ValueError:
+        return QUEUE
+    return value if isinstance(value, str) else QUEUE
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel, waiting without popping and taking through `_TAKE`."""
+
+    QoS = QoS
+
+    #: Called with each taken item that cannot be delivered (set by the ingest step).
+    on_refused: Callable[[Channel, Refused], None] | None = None
+    #: Events a message of unknown size is counted as, until one is seen (then the largest
+    #: seen recently): an estimate, so a worker can exceed its room by one message's excess.
+    unknown_message_events = 500
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._consumers_by_queue: dict[str, tuple[Callable[[Any], Any], bool]] = {}
+        self._tag_prefix = uuid.uuid4().hex[:16]
+        self._takes = 0
+        self._rotation = 0
+        self._waiting: list[str] | None = None
+        self._take_script: Any = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """A redis-py client: the one given, or this channel's own, made once. (kombu makes a
+        new one per operation; a client is only a handle on the channel's pool, which still
+        replaces broken connections.)"""
+        if client:
+            yield client
+            return
+        cached = self.__dict__.get("_cached_client")
+        if cached is None:
+            cached = self.__dict__["_cached_client"] = self._create_client()
+        yield cached
+
+    def _key(self, name: str) -> str:
+        return f"{self.global_keyprefix}{name}" if self.global_keyprefix else name
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        self._consumers_by_queue[queue] = (callback, no_ack)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Instead of `BRPOP queues...`, `BLMOVE q q RIGHT RIGHT` on one of the queues (taken
+        in turn): it returns when that list holds a message, or at the timeout, and changes
+        nothing; then every consumed queue is taken from. Messages of other queues, and those
+        sent with a priority (other lists), are taken at the wait's timeout (1 s)."""
+        queues = sorted(self.active_queues)
+        if not queues:
+            return
+        self._rotation += 1
+        first = self._rotation % len(queues)
+        queues = queues[first:] + queues[:first]
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._waiting = queues
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # kombu >= 5.7 checks a wait overdue with it
+        key = self._key(queues[0])
+        self.client.connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        queues, self._waiting = self._waiting, None
+        try:
+            try:
+                self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None
+            # kombu >= 5.7: the wait's connection is idle now, the moment to send a pending
+            # re-authentication (as its own _brpop_read does).
+            reauth = getattr(self, "_flush_brpop_reauth", None)
+            if reauth is not None:
+                reauth()
+        if self._closing or not queues:
+            # kombu's Channel.close reads the outstanding reply; taking now would leave
+            # messages in 'unacked' until the visibility timeout.
+            raise Empty()
+        delivered = False
+        for queue in queues:
+            room = self.qos.take_room()
+            if room <= 0:
+                break
+            taken = self.take(queue, room)
+            if taken:
+                delivered = True
+                self.deliver(queue, taken)
+        if not delivered:
+            raise Empty()
+        return True
+
+    # -- taking -----------------------------------------------------------------------------
+
+    def take(self, queue: str, room: int) -> list[tuple[bytes, str]]:
+        """Pop messages of `queue` worth up to `room`, each recorded as unacknowledged under
+        a fresh tag in the same step: (payload, tag) pairs."""
+        qos = self.qos
+        self._takes += 1
+        estimate = 1 if qos.event_room is None else self.unknown_message_events
+        with self.conn_or_acquire() as client:
+            if self._take_script is None:
+                self._take_script = client.register_script(_TAKE)
+            lists = dict.fromkeys(self._key(self._q_for_pri(queue, p)) for p in self.priority_steps)
+            flat: list[bytes] = self._take_script(
+                keys=[self._key(qos.unacked_index_key), self._key(qos.unacked_key), *lists],
+                args=[
+                    room,
+                    time.time(),
+                    json.dumps(queue),
+                    f"{self._tag_prefix}.{self._takes}",
+                    estimate,
+                ],
+                client=client,
+            )
+        return [(flat[i], flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    def deliver(self, queue: str, taken: Sequence[tuple[bytes, str]]) -> None:
+        """Build each taken item into a kombu Message and hand it to the queue's consumer;
+        an item that cannot be delivered is refused (see `Refused`), never raised."""
+        consumer = self._consumers_by_queue.get(queue)
+        for item, tag in taken:
+            try:
+                envelope = json.loads(item)
+            except (ValueError, UnicodeDecodeError) as exc:
+                self.refuse(Refused(queue, item, tag, f"not JSON: {exc}", None))
+                continue
+            properties = envelope.get("properties") if isinstance(envelope, dict) else None
+            if not isinstance(properties, dict) or not isinstance(
+                properties.get("delivery_info"), dict
             ):
-                raise ValueError("not a kombu message")
-        except (ValueError, TypeError, KeyError):
-            # The script's reading and Python's can differ (cjson accepts hexadecimal numbers).
-            _set_aside(channel, queue, item, tag)
-            continue
-        recorded = getattr(channel, "_ai_usage_recorded", False)
-        channel._ai_usage_recorded = True
-        try:
-            channel.connection._deliver(envelope, queue)
-        finally:
-            channel._ai_usage_recorded = recorded
+                self.refuse(Refused(queue, item, tag, "not a kombu message envelope", None))
+                continue
+            # The worker's tag, whatever the producer wrote: it names this delivery's entry.
+            properties["delivery_tag"] = tag
+            try:
+                message = self.Message(envelope, channel=self)
+                if message.errors:  # kombu keeps a failed decompression here
+                    raise message.errors[0][1]
+            except Exception as exc:
+                reason = f"the envelope cannot be read: {type(exc).__name__}: {exc}"
+                self.refuse(Refused(queue, item, tag, reason, envelope))
+                continue
+            if consumer is None:  # cancelled meanwhile: put it back at once
+                self.qos.restore_by_tag(tag)
+                continue
+            callback, no_ack = consumer
+            message.raw_item = item  # the item as taken: what is forwarded or set aside
+            if not no_ack:
+                virtual.QoS.append(self.qos, message, tag)
+            try:
+                callback(message)
+            except Exception as exc:  # a consumer's bug must not stop the event loop
+                log.exception("queue %s: delivering message %s failed", queue, tag)
+                virtual.QoS.ack(self.qos, tag)
+                self.settle(queue, tag, aside=(item, f"the consumer failed on it: {exc!r}"))
+
+    def refuse(self, refused: Refused) -> None:
+        """Hand an undeliverable item to `on_refused`, or set it aside."""
+        hook = self.on_refused
+        if hook is not None:
+            try:
+                hook(self, refused)
+                return
+            except Exception:
+                log.exception("queue %s: the refusal hook failed", refused.queue)
+        self.settle(refused.queue, refused.tag, aside=(refused.item, refused.reason))
+
+    def settle(
+        self,
+        queue: str,
+        tag: str,
+        *,
+        aside: tuple[bytes, str] | None = None,
+        forward_to: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Remove a taken item's `unacked` entry and, in the same MULTI, set it aside with its
+        reason or forward it to another queue's list: it is never in neither place."""
+        qos = self.qos
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            if aside is not None:
+                item, reason = aside
+                log.error("queue %s: set aside an item (%s)", queue, reason)
+                pipe.lpush(
+                    self._key(undecodable_key(queue)), set_aside_record(queue, item, reason, tag)
+                )
+            if forward_to is not None:
+                target, item = forward_to
+                pipe.lpush(self._key(target), item)
+            qos._remove_from_indices(tag, pipe)
+            pipe.execute()
 
 
-def _set_aside(channel: Any, queue: str, item: bytes, tag: str) -> None:
-    log.error("queue %s: set aside an item that is not a kombu message", queue)
-    qos = channel.qos
-    with channel.conn_or_acquire() as client:
-        pipe = client.pipeline()
-        pipe.lpush(f"{queue}.undecodable", item)
-        pipe.zrem(qos.unacked_index_key, tag)  # recorded by the script: it must not come back
-        pipe.hdel(qos.unacked_key, tag)
-        pipe.execute()
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with this module's Channel."""
+
+    Channel = Channel
 
 
-class BulkReceiver:
-    """Takes many waiting messages per Redis round trip instead of kombu's one per wait.
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The Sentinel variant: kombu's master discovery, this module's taking."""
 
-    Called after each message the consumer delivers; when the batch has room, it takes up to
-    that many more messages and delivers them."""
 
-    def __init__(self, queue: str, room: Callable[[], int]) -> None:
-        self._queue = queue
-        self._room = room
-        self._busy = False
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with this module's Channel (for `sentinel://` URLs)."""
 
-    def after_message(self, message: Any) -> None:
-        """Fill the batch from the queue `message` came from, if it is a Redis one."""
-        channel = message.channel
-        qos = getattr(channel, "qos", None)
-        if self._busy or not isinstance(qos, kombu_redis.QoS):
-            return
-        room = self._room()
-        if qos.prefetch_count:
-            room = min(room, qos.prefetch_count - len(qos._delivered))
-        if room <= 0:
-            return
-        self._busy = True
-        try:
-            deliver(channel, self._queue, take(channel, self._queue, room))
-        except kombu_redis.redis.RedisError as exc:
-            log.warning("bulk receive failed (%s); the consumer's own wait continues", exc)
-        finally:
-            self._busy = False
+    Channel = SentinelChannel
+
+
+def key_names() -> dict[str, str]:
+    """The Redis key names the transport uses (for `ai-usage check` and the bench)."""
+    return {
+        "unacked": Channel.unacked_key,
+        "unacked_index": Channel.unacked_index_key,
+        "priority_separator": Channel.sep,
+    }
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a kombu queue: its own, and one per priority (queue + separator +
+    n), any of 1-9 so that a non-default priority_steps is counted too."""
+    return [queue] + [f"{queue}{Channel.sep}{n}" for n in range(1, 10)]

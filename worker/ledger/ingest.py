@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg2
@@ -118,14 +118,23 @@ _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _ROW_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError)
 
 
-def store_batch(engine: Engine, batch: PreparedBatch) -> WriteResult:
+def store_batch(
+    engine: Engine,
+    batch: PreparedBatch,
+    *,
+    on_connection: Callable[[Any], None] | None = None,
+) -> WriteResult:
     """The database half: store the rows and dead letters in one transaction. Idempotent by
-    event id. Raises TransientError if the database is unavailable; then nothing was written."""
+    event id. Raises TransientError if the database is unavailable; then nothing was written.
+    `on_connection` is given the psycopg2 connection used (a caller may `cancel()` its
+    statement from another thread), then None when the write is over."""
     result = batch.result
     try:
         raw = engine.raw_connection()
     except Exception as exc:
         raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
+    if on_connection is not None:
+        on_connection(raw.driver_connection)
     try:
         with raw.cursor() as cur:  # type: ignore[attr-defined]
             cur.execute(_STAGING_DDL)
@@ -140,6 +149,8 @@ def store_batch(engine: Engine, batch: PreparedBatch) -> WriteResult:
         raw.rollback()
         raise
     finally:
+        if on_connection is not None:
+            on_connection(None)
         raw.close()
     result.dead_lettered = len(result.dead_letters)
     result.conflicts = sum(1 for d in result.dead_letters if d.fingerprint is not None)
@@ -267,7 +278,10 @@ def _log_dead_letters(letters: Sequence[DeadLetter]) -> None:
     if not letters:
         return
     fields = Counter(d.field or "event" for d in letters)
-    summary = ", ".join(f"{name}: {n}" for name, n in fields.most_common())
+    common = fields.most_common(8)
+    summary = ", ".join(f"{ascii(name)[1:-1][:40]}: {n}" for name, n in common)
+    if len(fields) > len(common):
+        summary += f", {len(fields) - len(common)} other fields"
     first = letters[0]
     log.warning(
         "%d events dead-lettered (%s); first: event %s: %s",
