@@ -366,8 +366,12 @@ def test_the_decorator_and_the_async_clients_record_as_the_sync_ones(
 
 
 def test_bedrock_without_a_model_is_recorded_unpriced_never_raised(
-    db: Engine, tenant: uuid.UUID, caplog: pytest.LogCaptureFixture
+    db: Engine,
+    tenant: uuid.UUID,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("worker.client.tracking._warned", set())
     # Converse responses do not name their model; without model= the call used to raise
     # TypeError after the AI call had succeeded, and nothing was recorded.
     recorder = Recorder(tenant)

@@ -86,6 +86,13 @@ def test_sync_streams_pass_through_and_record_at_the_end(db: Engine, tenant: uui
     with usage.track_stream(manager, **f(operation="chat-manager")) as stream:
         stream.until_done()
 
+    manager = wire.openai_client(chat_sse(), wire.SSE).chat.completions.stream(
+        model="gpt-5", stream_options={"include_usage": True}, **ask
+    )
+    with manager as stream:  # the helper's own events (ChunkEvent, ContentDeltaEvent, ...)
+        kinds = {e.type for e in usage.track_stream(stream, **f(operation="chat-helper-events"))}
+    assert {"chunk", "content.delta", "content.done"} <= kinds
+
     client = wire.openai_client(responses_sse(), wire.SSE)
     events = client.responses.create(model="gpt-5", input="Hi", stream=True)
     kinds = [e.type for e in usage.track_stream(events, **f(operation="responses-raw"))]
@@ -116,7 +123,9 @@ def test_sync_streams_pass_through_and_record_at_the_end(db: Engine, tenant: uui
     stored = by_operation(db, recorder)
     for name in ("anthropic-raw", "anthropic-manager"):
         check(stored[name], CACHED)
-    for name in ("chat-chunks", "chat-manager", "responses-raw", "responses-manager"):
+    for name in ("chat-chunks", "chat-manager", "chat-helper-events"):
+        check(stored[name], GPT5)
+    for name in ("responses-raw", "responses-manager"):
         check(stored[name], GPT5)
     check(stored["gemini-stream"], GEMINI)
     check(

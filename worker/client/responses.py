@@ -120,6 +120,9 @@ def piece(obj: Any) -> Piece | None:
     if kind == "message_delta":
         usage = get(obj, "usage")
         return None if usage is None else Piece("anthropic", "default", usage, None, merge=True)
+    if kind == "chunk" and get(obj, "snapshot") is not None:
+        # An event of OpenAI's chat.completions.stream() helper: the raw chunk inside.
+        return piece(get(obj, "chunk"))
     if isinstance(kind, str) and kind.startswith("response."):
         # OpenAI Responses stream events: response.completed (also .incomplete, .failed)
         # carries the whole Response; the earlier ones carry it with usage still null.

@@ -204,7 +204,7 @@ class TrackedCall:
             log.exception("could not record the usage of an AI call (%s)", self._fields)
 
     def _values(self, failed: bool, what: str) -> dict[str, Any]:
-        values = dict(self._fields)
+        values = {k: v for k, v in self._fields.items() if v is not None}
         values.setdefault("duration_ms", int((time.perf_counter() - self._started) * 1000))
         read = self.tracker.usage()
         if not any(key in values for key in USAGE_FIELDS):
@@ -228,7 +228,7 @@ class TrackedCall:
                     )
         if "model" not in values:
             values["model"] = self.tracker.model or UNKNOWN_MODEL
-            if values["model"] == UNKNOWN_MODEL:
+            if values["model"] == UNKNOWN_MODEL and not failed:
                 _warn_once(
                     f"model:{what}",
                     "no model given and none named by the %s: recorded as model %r (unpriced);"
