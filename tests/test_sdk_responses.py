@@ -371,7 +371,7 @@ def test_bedrock_without_a_model_is_recorded_unpriced_never_raised(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracking._warned", set())
+    monkeypatch.setattr("worker.client.tracker._warned", set())
     # Converse responses do not name their model; without model= the call used to raise
     # TypeError after the AI call had succeeded, and nothing was recorded.
     recorder = Recorder(tenant)
@@ -379,7 +379,7 @@ def test_bedrock_without_a_model_is_recorded_unpriced_never_raised(
         {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, BEDROCK_SONNET
     )
     with (
-        caplog.at_level(logging.WARNING, logger="worker.client.tracking"),
+        caplog.at_level(logging.WARNING, logger="worker.client"),
         recorder.client.track_usage(**recorder.fields()) as call,
     ):
         call.response(response)

@@ -288,7 +288,7 @@ def test_a_chat_stream_without_usage_is_unpriced_with_one_warning(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracking._warned", set())
+    monkeypatch.setattr("worker.client.tracker._warned", set())
     recorder = Recorder(tenant)
     for _ in range(2):
         client = wire.openai_client(chat_sse(usage=False), wire.SSE)

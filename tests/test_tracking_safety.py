@@ -40,7 +40,7 @@ def test_an_unreadable_response_is_recorded_unpriced_with_one_warning_per_type(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracking._warned", set())
+    monkeypatch.setattr("worker.client.tracker._warned", set())
     recorder = Recorder(tenant)
     for response in (Unreadable(), Unreadable(), SimpleNamespace(usage=None)):
         with recorder.client.track_usage(**recorder.fields(model="gpt-4o")) as call:
@@ -68,13 +68,13 @@ def test_a_failure_in_our_code_never_reaches_the_application(
     def boom(*_: Any) -> Any:
         raise RuntimeError("reader bug")
 
-    monkeypatch.setattr("worker.client.tracking.extract", boom)
+    monkeypatch.setattr("worker.client.tracker.extract", boom)
     with recorder.client.track_usage(**recorder.fields(operation="reader")) as call:
         assert call.response(response) is response
     monkeypatch.undo()
 
     # Recognising the shape blows up, inside a stream: every chunk still passes.
-    monkeypatch.setattr("worker.client.tracking.piece", boom)
+    monkeypatch.setattr("worker.client.tracker.piece", boom)
     client = wire.anthropic_client(
         wire.sse(wire.anthropic_events(SONNET, {"input_tokens": 3, "output_tokens": 1}, {})),
         wire.SSE,

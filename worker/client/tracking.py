@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from worker.client.events import parse_event
-from worker.client.responses import CallUsage, Piece, extract, get, merged, piece, read_usage
-from worker.client.responses import text as _text
+from worker.client.responses import read_usage
 from worker.client.streams import Kind as StreamKind
 from worker.client.streams import stream_kind, wrap
+from worker.client.tracker import UsageTracker, type_name, warn_once
+
+__all__ = ["TrackedCall", "TrackingMixin", "UsageTracker", "extract_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -41,122 +43,6 @@ USAGE_FIELDS = (
 )
 #: The model of a call whose response names none and for which none was given.
 UNKNOWN_MODEL = "unknown"
-
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str, *args: Any) -> None:
-    # Once per response type, not per call: an application in a loop would flood its log.
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message, *args)
-
-
-def _type_name(obj: Any) -> str:
-    kind = type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-class UsageTracker:
-    """Collects the usage of one AI call: `call` in `with usage.track_usage(...) as call`."""
-
-    def __init__(self) -> None:
-        self._piece: Piece | None = None
-        self._read: CallUsage | None = None
-        self._manual: CallUsage | None = None
-        self._seen: dict[str, None] = {}  # types given, in order (a set that keeps order)
-        self._model: str | None = None  # named by a piece without usage
-
-    def response(self, response: T) -> T:
-        """Read the usage and model of an SDK response, stream event or chunk (Anthropic,
-        OpenAI, Gemini, Bedrock; objects or dicts) and return it. Called once per event of a
-        stream, it keeps the usage of the stream so far. A whole stream is returned wrapped:
-        iterate the wrapper, and its usage is read as it goes by."""
-        kind = stream_kind(response)
-        if kind is not None and kind != "awaitable":
-            return cast(T, wrap(response, kind, self, None))
-        self.feed(response)
-        return response
-
-    def feed(self, item: Any) -> None:
-        """Read one response, event or chunk; never raises."""
-        if len(self._seen) < 4:
-            self._seen[_type_name(item)] = None
-        try:
-            found = piece(item)
-        except Exception:  # an object whose attributes raise: not a response
-            log.debug("could not inspect a %s", _type_name(item), exc_info=True)
-            return
-        if found is None:
-            # A chunk without usage may still name the model (OpenAI chat chunks do).
-            if self._model is None:
-                self._model = _text(get(item, "model")) or _text(get(item, "model_version"))
-            return
-        if found.merge and self._piece is not None and self._piece.provider == "anthropic":
-            # message_delta after message_start: the start's model, the counts merged.
-            found = Piece(
-                "anthropic", "default", merged(self._piece.usage, found.usage), self._piece.model
-            )
-        self._piece, self._read = found, None
-
-    def tokens(
-        self,
-        input_tokens: int,
-        output_tokens: int,
-        *,
-        cache_read_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        usage_details: dict[str, int | float] | None = None,
-    ) -> None:
-        """Set the usage by hand (genai-prices' convention: input counts the cache too)."""
-        self._manual = CallUsage(
-            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, usage_details or {}
-        )
-
-    def usage(self) -> CallUsage | None:
-        """The usage read so far (or set by hand), or None."""
-        if self._manual is not None:
-            return self._manual
-        if self._piece is not None and self._read is None:
-            try:
-                self._read = extract(self._piece)
-            except Exception as exc:
-                _warn_once(
-                    f"extract:{self.describe()}",
-                    "could not read the usage of a %s: %s",
-                    self.describe(),
-                    exc,
-                )
-                self._piece = None
-        return self._read
-
-    @property
-    def input_tokens(self) -> int | None:
-        """Input tokens read so far, cached ones included (None: none read)."""
-        found = self.usage()
-        return None if found is None else found.input_tokens
-
-    @property
-    def output_tokens(self) -> int | None:
-        """Output tokens read so far (None: none read)."""
-        found = self.usage()
-        return None if found is None else found.output_tokens
-
-    @property
-    def model(self) -> str | None:
-        """The model named by the responses read so far."""
-        if self._piece is not None and self._piece.model is not None:
-            return self._piece.model
-        return self._model
-
-    @property
-    def provider(self) -> str | None:
-        """genai-prices' id of the provider whose response was read."""
-        return None if self._piece is None else self._piece.provider
-
-    def describe(self) -> str:
-        """The types given so far, for log lines."""
-        return " / ".join(self._seen) or "call with no response given"
 
 
 def _check(fields: dict[str, Any]) -> None:
@@ -218,7 +104,7 @@ class TrackedCall:
                         if "ChatCompletionChunk" in what
                         else ""
                     )
-                    _warn_once(
+                    warn_once(
                         f"unread:{what}",
                         "no usage could be read from the %s: recorded with 0 tokens, which the"
                         " worker stores unpriced (cost NULL, never $0); give the usage with"
@@ -229,7 +115,7 @@ class TrackedCall:
         if "model" not in values:
             values["model"] = self.tracker.model or UNKNOWN_MODEL
             if values["model"] == UNKNOWN_MODEL and not failed:
-                _warn_once(
+                warn_once(
                     f"model:{what}",
                     "no model given and none named by the %s: recorded as model %r (unpriced);"
                     " pass model=...",
@@ -274,10 +160,10 @@ class TrackingMixin:
         call.start(check=False)  # the AI call is made: bad fields are logged, not raised
         kind = stream_kind(stream)
         if kind is None:
-            _warn_once(
-                f"notstream:{_type_name(stream)}",
+            warn_once(
+                f"notstream:{type_name(stream)}",
                 "track_stream got a %s, not a stream: read as a whole response",
-                _type_name(stream),
+                type_name(stream),
             )
             call.tracker.feed(stream)
             call.finish(False)
@@ -343,7 +229,7 @@ def _returned(call: TrackedCall, result: Any) -> Any:
 
 def _wrapped(call: TrackedCall, stream: Any, kind: StreamKind) -> Any:
     """`stream` passed through, the call recorded when it ends."""
-    name = _type_name(stream)
+    name = type_name(stream)
 
     def on_end(failed: bool) -> None:
         call.finish(failed, f"{name} stream of {call.tracker.describe()}")
