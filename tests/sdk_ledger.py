@@ -8,6 +8,7 @@ at the row's own `created_at`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -80,3 +81,13 @@ def check(row: dict[str, Any], usage: dict[str, int], success: str = "success") 
     assert expected > 0, "a case must have a price, or it proves nothing"
     assert row["cost_usd"] == pytest.approx(expected, abs=1e-9, rel=0)
     return expected
+
+
+def client_warnings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Callable[[str], list[str]]:
+    """Forget which warnings the client already gave (it gives each once per process); the
+    returned function lists the messages logged since that contain a text."""
+    monkeypatch.setattr("worker.client.tracker._warned", set())
+    caplog.clear()
+    return lambda part: [r.getMessage() for r in caplog.records if part in r.getMessage()]

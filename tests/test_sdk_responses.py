@@ -8,7 +8,6 @@ Each case is read three ways: the SDK's object, its snake_case dict, and its cam
 from __future__ import annotations
 
 import json
-import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests import sdk_fakes as wire
-from tests.sdk_ledger import Recorder, check, land
+from tests.sdk_ledger import Recorder, check, client_warnings, land
 from worker.client import extract_usage, read_usage
 from worker.client.responses import plain
 
@@ -371,22 +370,19 @@ def test_bedrock_without_a_model_is_recorded_unpriced_never_raised(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracker._warned", set())
     # Converse responses do not name their model; without model= the call used to raise
     # TypeError after the AI call had succeeded, and nothing was recorded.
+    said = client_warnings(monkeypatch, caplog)
     recorder = Recorder(tenant)
     response = wire.converse(
         {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, BEDROCK_SONNET
     )
-    with (
-        caplog.at_level(logging.WARNING, logger="worker.client"),
-        recorder.client.track_usage(**recorder.fields()) as call,
-    ):
+    with recorder.client.track_usage(**recorder.fields()) as call:
         call.response(response)
     (row,) = land(db, recorder.take())
     assert (row["model"], row["provider"], row["input_tokens"]) == ("unknown", "aws", 10)
     assert row["cost_usd"] is None
-    assert any("pass model=" in r.getMessage() for r in caplog.records)
+    assert said("pass model=")
 
 
 def test_read_usage_and_the_compatible_extract_usage() -> None:

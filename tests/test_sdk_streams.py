@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests import sdk_fakes as wire
-from tests.sdk_ledger import Recorder, check, land
+from tests.sdk_ledger import Recorder, check, client_warnings, land
 
 SONNET = "claude-sonnet-4-5-20250929"
 START = {"input_tokens": 1000, "cache_read_input_tokens": 9000, "output_tokens": 1}
@@ -195,7 +195,13 @@ def test_stream_events_given_one_by_one_and_in_every_form(db: Engine, tenant: uu
         )
     )[-1]
     assert type(completed).__name__ == "ResponseCompletedEvent"
+    manager = wire.anthropic_client(anthropic_sse(delta), wire.SSE).messages.stream(
+        model=SONNET, **wire.ANTHROPIC_ASK
+    )
+    with manager as stream:
+        final = stream.get_final_message()
     for name, items in (
+        ("final-message", [final]),
         ("events", events),
         ("event-dicts", [e.model_dump() for e in events]),
         ("completed-event", [completed]),
@@ -211,6 +217,7 @@ def test_stream_events_given_one_by_one_and_in_every_form(db: Engine, tenant: uu
     with recorder.client.track_usage(**recorder.fields(operation="in-block")) as call:
         assert len(list(call.response(chunks))) == 5
     stored = by_operation(db, recorder)
+    check(stored["final-message"], CACHED | {"web_searches": 1})
     check(stored["events"], CACHED | {"web_searches": 1})
     check(stored["event-dicts"], CACHED | {"web_searches": 1})
     check(stored["completed-event"], GPT5)
@@ -288,7 +295,7 @@ def test_a_chat_stream_without_usage_is_unpriced_with_one_warning(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracker._warned", set())
+    said = client_warnings(monkeypatch, caplog)
     recorder = Recorder(tenant)
     for _ in range(2):
         client = wire.openai_client(chat_sse(usage=False), wire.SSE)
@@ -299,7 +306,7 @@ def test_a_chat_stream_without_usage_is_unpriced_with_one_warning(
         ("gpt-5-2025-08-07", 0, 0, None),
         ("gpt-5-2025-08-07", 0, 0, None),
     ]
-    warned = [r.getMessage() for r in caplog.records if "no usage could be read" in r.getMessage()]
+    warned = said("no usage could be read")
     assert len(warned) == 1, "once per type, not per call"
     assert "openai.Stream" in warned[0] and "ChatCompletionChunk" in warned[0]
     assert "include_usage" in warned[0]

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests import sdk_fakes as wire
-from tests.sdk_ledger import Recorder, land
+from tests.sdk_ledger import Recorder, client_warnings, land
 from worker.client import InvalidEvent, UsageClient
 
 SONNET = "claude-sonnet-4-5-20250929"
@@ -40,7 +40,7 @@ def test_an_unreadable_response_is_recorded_unpriced_with_one_warning_per_type(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.client.tracker._warned", set())
+    said = client_warnings(monkeypatch, caplog)
     recorder = Recorder(tenant)
     for response in (Unreadable(), Unreadable(), SimpleNamespace(usage=None)):
         with recorder.client.track_usage(**recorder.fields(model="gpt-4o")) as call:
@@ -49,7 +49,7 @@ def test_an_unreadable_response_is_recorded_unpriced_with_one_warning_per_type(
     assert [(r["input_tokens"], r["output_tokens"], r["cost_usd"]) for r in stored] == [
         (0, 0, None)
     ] * 3
-    warned = [r.getMessage() for r in caplog.records if "no usage could be read" in r.getMessage()]
+    warned = said("no usage could be read")
     assert len(warned) == 2, warned  # one per type, not one per call
     assert f"{__name__}.Unreadable" in warned[0] and "types.SimpleNamespace" in warned[1]
     assert "unpriced" in warned[0]

@@ -17,6 +17,12 @@ genai-prices' convention: `input_tokens` counts every input token, cached or not
 | Gemini `GenerateContentResponse` (and each stream chunk) | `usage_metadata` |
 | Bedrock Converse (a dict), ConverseStream `metadata` event | `usage`, `metadata.usage` |
 
+genai-prices' extractors know whole responses as JSON, so three things are done here first:
+SDK objects are dumped to dicts (only their usage part), stream events are unwrapped to the
+part its extractors know (`message_start.message`, `response.completed.response`, a
+ConverseStream `metadata`), and an Anthropic stream's start and delta usages are merged, as
+the SDK's own accumulator merges them (genai-prices has no stream extractors).
+
 Nothing here imports an SDK; genai-prices is imported on the first read only (about 200 ms),
 never when `worker.client` is imported.
 """

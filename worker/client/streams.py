@@ -58,7 +58,12 @@ class _Ending:
     """Calls on_end once, whatever way the stream ends; logs instead of raising."""
 
     _on_end: OnEnd = None
-    _ended = True
+    _ended = True  # until __init__ has run: a half-built wrapper records nothing
+
+    def __init__(self, sink: Sink, on_end: OnEnd) -> None:
+        self._sink = sink
+        self._on_end = on_end
+        self._ended = False
 
     def _end(self, failed: bool) -> None:
         if self._ended:
@@ -69,6 +74,16 @@ class _Ending:
                 self._on_end(failed)
             except Exception:  # never into the application
                 log.exception("could not record the usage of a stream")
+
+    def __getattr__(self, name: str) -> Any:
+        # What the wrapper does not define is the wrapped object's (an SDK stream's
+        # response, request_id, ...; a manager's own attributes).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._wrapped(), name)
+
+    def _wrapped(self) -> Any:
+        return self.__dict__.get("_stream")
 
     def __del__(self) -> None:
         # A stream the application dropped half-read (a `break` out of its loop) still
@@ -82,10 +97,8 @@ class TrackedStream(_Ending, Generic[T]):
 
     def __init__(self, stream: Any, sink: Sink, on_end: OnEnd) -> None:
         self._stream = stream["stream"] if isinstance(stream, Mapping) else stream
-        self._sink = sink
         self._iterator: Iterator[T] | None = None
-        self._on_end = on_end
-        self._ended = False
+        super().__init__(sink, on_end)
 
     def __iter__(self) -> TrackedStream[T]:
         return self
@@ -104,31 +117,23 @@ class TrackedStream(_Ending, Generic[T]):
         self._sink.feed(item)
         return item
 
-    def close(self) -> None:
-        """Close the underlying stream and record what was seen."""
+    def _close(self, failed: bool) -> None:
         try:
             close = getattr(self._stream, "close", None)
             if callable(close):
                 close()
         finally:
-            self._end(False)
+            self._end(failed)
+
+    def close(self) -> None:
+        """Close the underlying stream and record what was seen."""
+        self._close(False)
 
     def __enter__(self) -> TrackedStream[T]:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-        try:
-            close = getattr(self._stream, "close", None)
-            if callable(close):
-                close()
-        finally:
-            self._end(exc_type is not None)
-
-    def __getattr__(self, name: str) -> Any:
-        # The SDK stream's own attributes (response, request_id, ...).
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._stream, name)
+        self._close(exc_type is not None)
 
 
 class AsyncTrackedStream(_Ending, Generic[T]):
@@ -138,10 +143,8 @@ class AsyncTrackedStream(_Ending, Generic[T]):
     def __init__(self, stream: Any, sink: Sink, on_end: OnEnd) -> None:
         self._pending: Awaitable[Any] | None = stream if inspect.isawaitable(stream) else None
         self._stream: Any = None if self._pending is not None else stream
-        self._sink = sink
         self._iterator: AsyncIterator[T] | None = None
-        self._on_end = on_end
-        self._ended = False
+        super().__init__(sink, on_end)
 
     def __aiter__(self) -> AsyncTrackedStream[T]:
         return self
@@ -183,19 +186,19 @@ class AsyncTrackedStream(_Ending, Generic[T]):
             return
         super()._end(failed)
 
-    async def _close_stream(self) -> None:
-        close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
-        if callable(close):
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+    async def _close(self, failed: bool) -> None:
+        try:
+            close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
+            if callable(close):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        finally:
+            self._end(failed)
 
     async def close(self) -> None:
         """Close the underlying stream and record what was seen."""
-        try:
-            await self._close_stream()
-        finally:
-            self._end(False)
+        await self._close(False)
 
     aclose = close
 
@@ -203,15 +206,7 @@ class AsyncTrackedStream(_Ending, Generic[T]):
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-        try:
-            await self._close_stream()
-        finally:
-            self._end(exc_type is not None)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._stream, name)
+        await self._close(exc_type is not None)
 
 
 #: Where the SDKs' stream helpers keep the message accumulated so far: Anthropic
@@ -245,10 +240,11 @@ class TrackedStreamManager(_Ending):
 
     def __init__(self, manager: Any, sink: Sink, on_end: OnEnd) -> None:
         self._manager = manager
-        self._sink = sink
         self._stream: Any = None
-        self._on_end = on_end
-        self._ended = False
+        super().__init__(sink, on_end)
+
+    def _wrapped(self) -> Any:
+        return self._manager
 
     def _finish(self, failed: bool) -> None:
         if self._stream is not None:
@@ -284,11 +280,6 @@ class TrackedStreamManager(_Ending):
             return await self._manager.__aexit__(exc_type, *rest)
         finally:
             self._finish(exc_type is not None)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._manager, name)
 
 
 def wrap(stream: Any, kind: Kind, sink: Sink, on_end: OnEnd) -> Any:
