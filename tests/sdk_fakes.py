@@ -21,19 +21,20 @@ JSON = "application/json"
 SSE = "text/event-stream"
 
 
-def _handler(body: bytes, content_type: str) -> Any:
+def _handler(body: bytes, content_type: str, status: int) -> Any:
     def handle(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, content=body, headers={"content-type": content_type})
+        return httpx2.Response(status, content=body, headers={"content-type": content_type})
 
     return handle
 
 
-def http(body: bytes, content_type: str = JSON) -> httpx2.Client:
-    return httpx2.Client(transport=httpx2.MockTransport(_handler(body, content_type)))
+def http(body: bytes, content_type: str = JSON, status: int = 200) -> httpx2.Client:
+    return httpx2.Client(transport=httpx2.MockTransport(_handler(body, content_type, status)))
 
 
-def ahttp(body: bytes, content_type: str = JSON) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(transport=httpx2.MockTransport(_handler(body, content_type)))
+def ahttp(body: bytes, content_type: str = JSON, status: int = 200) -> httpx2.AsyncClient:
+    handler = _handler(body, content_type, status)
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
 
 
 def sse(events: list[dict[str, Any]], named: bool = True, done: bool = False) -> bytes:
@@ -105,12 +106,15 @@ ANTHROPIC_ASK: dict[str, Any] = {
 # -- OpenAI --------------------------------------------------------------------------------
 
 
-def openai_client(body: bytes, content_type: str = JSON, aio: bool = False) -> Any:
+def openai_client(
+    body: bytes, content_type: str = JSON, aio: bool = False, status: int = 200
+) -> Any:
     import openai
 
     if aio:
-        return openai.AsyncOpenAI(api_key="x", http_client=ahttp(body, content_type), max_retries=0)
-    return openai.OpenAI(api_key="x", http_client=http(body, content_type), max_retries=0)
+        transport = ahttp(body, content_type, status)
+        return openai.AsyncOpenAI(api_key="x", http_client=transport, max_retries=0)
+    return openai.OpenAI(api_key="x", http_client=http(body, content_type, status), max_retries=0)
 
 
 def chat_usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import uuid
 from typing import Any
 
@@ -227,6 +228,7 @@ def test_stream_events_given_one_by_one_and_in_every_form(db: Engine, tenant: uu
 
 def test_a_broken_or_abandoned_stream_records_what_it_saw(db: Engine, tenant: uuid.UUID) -> None:
     import anthropic
+    import openai
 
     recorder = Recorder(tenant)
     usage, f = recorder.client, recorder.fields
@@ -251,8 +253,22 @@ def test_a_broken_or_abandoned_stream_records_what_it_saw(db: Engine, tenant: uu
     del _event
     gc.collect()
 
+    # The request itself fails inside the wrapper (the un-awaited coroutine form).
+    overloaded = json.dumps({"error": {"message": "Overloaded", "type": "server_error"}})
+    client = wire.openai_client(overloaded.encode(), aio=True, status=503)
+    pending = client.chat.completions.create(model="gpt-5", stream=True, messages=[])
+
+    async def application() -> None:
+        async for _ in usage.track_stream(pending, **f(operation="refused", model="gpt-5")):
+            pass
+
+    with pytest.raises(openai.InternalServerError):
+        asyncio.run(application())
+
     seen = {"input_tokens": 10_000, "cache_read_tokens": 9000, "output_tokens": 1}
     stored = by_operation(db, recorder)
+    refused = stored["refused"]
+    assert (refused["success"], refused["input_tokens"], refused["cost_usd"]) == ("failure", 0, 0)
     check(stored["broken"], seen, success="failure")
     check(stored["closed-early"], seen)
     check(stored["abandoned"], seen)

@@ -140,6 +140,8 @@ class AsyncTrackedStream(_Ending, Generic[T]):
     """An async stream (or an awaitable of one, such as `AsyncOpenAI`'s
     `create(stream=True)` coroutine), passed through."""
 
+    _pending: Awaitable[Any] | None = None
+
     def __init__(self, stream: Any, sink: Sink, on_end: OnEnd) -> None:
         self._pending: Awaitable[Any] | None = stream if inspect.isawaitable(stream) else None
         self._stream: Any = None if self._pending is not None else stream
@@ -153,7 +155,9 @@ class AsyncTrackedStream(_Ending, Generic[T]):
         try:
             if self._iterator is None:
                 if self._pending is not None:
-                    self._stream, self._pending = await self._pending, None
+                    # Forgotten before the await: a request that fails is a call to record.
+                    pending, self._pending = self._pending, None
+                    self._stream = await pending
                 if not hasattr(self._stream, "__aiter__"):
                     # Not a stream after all: read it as a whole response.
                     log.warning(
@@ -172,8 +176,6 @@ class AsyncTrackedStream(_Ending, Generic[T]):
             raise
         self._sink.feed(item)
         return item
-
-    _pending: Awaitable[Any] | None = None
 
     def _end(self, failed: bool) -> None:
         if self._ended:
