@@ -7,6 +7,14 @@ Light on purpose: no Celery, SQLAlchemy or worker settings are imported here.
 
 from worker.client.errors import InvalidEvent
 from worker.client.publisher import UsageClient
+from worker.client.responses import CallUsage, read_usage
 from worker.client.tracking import UsageTracker, extract_usage
 
-__all__ = ["InvalidEvent", "UsageClient", "UsageTracker", "extract_usage"]
+__all__ = [
+    "CallUsage",
+    "InvalidEvent",
+    "UsageClient",
+    "UsageTracker",
+    "extract_usage",
+    "read_usage",
+]

@@ -1,120 +1,248 @@
-"""Timing AI calls and reading their token counts, for the client's `track_usage` / `track`.
+"""Timing AI calls and reading their usage: the client's `track_usage`, `track` and
+`track_stream`, sync and async.
 
-Token counts are read from response objects without importing the SDKs:
-Anthropic and OpenAI Responses (`usage.input_tokens` / `usage.output_tokens`) and OpenAI chat
-completions (`usage.prompt_tokens` / `usage.completion_tokens`).
+The usage is read from the SDK's response (worker.client.responses); a stream is passed
+through and read as it goes by (worker.client.streams). Once the AI call has succeeded,
+nothing here raises into the application: a usage that cannot be read is recorded as 0
+tokens (the worker stores such a call unpriced, cost NULL, never $0) with one warning per
+response type, and a failure to record is logged.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast
+
+from worker.client.events import parse_event
+from worker.client.responses import read_usage
+from worker.client.streams import Kind as StreamKind
+from worker.client.streams import stream_kind, wrap
+from worker.client.tracker import UsageTracker, type_name, warn_once
+
+__all__ = ["TrackedCall", "TrackingMixin", "UsageTracker", "extract_usage"]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+#: Fields that, given to track_usage / track / track_stream, replace the response's usage.
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "usage_details",
+)
+#: The model of a call whose response names none and for which none was given.
+UNKNOWN_MODEL = "unknown"
+
+
+def _check(fields: dict[str, Any]) -> None:
+    """Raise InvalidEvent (naming the field) for bad fields, before the AI call is made."""
+    probe = {"model": "probe", "input_tokens": 0, "output_tokens": 0, **fields}
+    probe.setdefault("id", uuid.uuid4())
+    probe.setdefault("created_at", dt.datetime.now(dt.UTC))
+    parse_event(probe)
+
+
+class TrackedCall:
+    """What `track_usage` returns: a context manager for `with` and `async with` alike,
+    giving the call's UsageTracker; the call is recorded when the block ends."""
+
+    def __init__(self, record: Callable[..., uuid.UUID], fields: dict[str, Any]) -> None:
+        self.tracker = UsageTracker()
+        self._record = record
+        self._fields = fields
+        self._started = time.perf_counter()
+
+    def start(self, check: bool = True) -> UsageTracker:
+        """Check the fields (InvalidEvent names a bad one) and start the clock."""
+        if check:
+            _check(self._fields)
+        self._started = time.perf_counter()
+        return self.tracker
+
+    def __enter__(self) -> UsageTracker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self.finish(exc_type is not None)
+
+    async def __aenter__(self) -> UsageTracker:
+        return self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self.finish(exc_type is not None)
+
+    def finish(self, failed: bool, what: str | None = None) -> None:
+        """Record the call; logs, never raises."""
+        try:
+            self._record(**self._values(failed, what or self.tracker.describe()))
+        except Exception:
+            log.exception("could not record the usage of an AI call (%s)", self._fields)
+
+    def _values(self, failed: bool, what: str) -> dict[str, Any]:
+        values = {k: v for k, v in self._fields.items() if v is not None}
+        values.setdefault("duration_ms", int((time.perf_counter() - self._started) * 1000))
+        read = self.tracker.usage()
+        if not any(key in values for key in USAGE_FIELDS):
+            if read is not None:
+                values.update(read.event_fields())
+            else:
+                values.update(input_tokens=0, output_tokens=0)
+                if not failed:
+                    hint = (
+                        "; stream with stream_options={'include_usage': True}"
+                        if "ChatCompletionChunk" in what
+                        else ""
+                    )
+                    warn_once(
+                        f"unread:{what}",
+                        "no usage could be read from the %s: recorded with 0 tokens, which the"
+                        " worker stores unpriced (cost NULL, never $0); give the usage with"
+                        " call.tokens(...)%s",
+                        what,
+                        hint,
+                    )
+        if "model" not in values:
+            values["model"] = self.tracker.model or UNKNOWN_MODEL
+            if values["model"] == UNKNOWN_MODEL and not failed:
+                warn_once(
+                    f"model:{what}",
+                    "no model given and none named by the %s: recorded as model %r (unpriced);"
+                    " pass model=...",
+                    what,
+                    UNKNOWN_MODEL,
+                )
+        if "provider" not in values and self.tracker.provider is not None:
+            values["provider"] = self.tracker.provider
+        values["success"] = "failure" if failed else values.get("success", "success")
+        return values
 
 
 class TrackingMixin:
-    """`track_usage` and `track` for a class with a `record(**fields)` method."""
+    """`track_usage`, `track` and `track_stream` for a class with a `record(**fields)`."""
 
     record: Callable[..., uuid.UUID]  # provided by the client
 
-    @contextmanager
-    def track_usage(self, **fields: Any) -> Iterator[UsageTracker]:
-        """Time an AI call and record it; records `success="failure"` if the block raises.
+    def track_usage(self, **fields: Any) -> TrackedCall:
+        """Time an AI call and record it when the block ends (`with` or `async with`);
+        records `success="failure"` if the block raises. Bad fields raise InvalidEvent here,
+        before the AI call.
 
-        with usage.track_usage(tenant_id=t, operation="summarise", model="gpt-4o") as call:
-            response = openai_client.chat.completions.create(...)
-            call.response(response)
+        with usage.track_usage(tenant_id=t, operation="summarise") as call:
+            call.response(openai_client.chat.completions.create(...))
         """
-        tracker = UsageTracker()
-        started = time.perf_counter()
-        try:
-            yield tracker
-        except BaseException:
-            self._record_tracked(fields, tracker, started, failed=True)
-            raise
-        self._record_tracked(fields, tracker, started, failed=False)
+        return TrackedCall(self.record, fields)
+
+    def track_stream(self, stream: T, **fields: Any) -> T:
+        """Pass a stream through unchanged and record its usage when it ends: exhausted,
+        closed, or broken by an exception (then `success="failure"` with the usage seen).
+
+        for chunk in usage.track_stream(client.chat.completions.create(stream=True, ...),
+                                        tenant_id=t, operation="chat"):
+        async for chunk in usage.track_stream(async_client.chat.completions.create(...), ...):
+        with usage.track_stream(client.messages.stream(...), ...) as stream:   # SDK managers
+
+        Sync and async iterables, awaitables of async ones (AsyncOpenAI's create coroutine,
+        Gemini's client.aio generate_content_stream), SDK stream managers and boto3's
+        converse_stream() result are accepted. Something else is read as a whole response,
+        recorded at once and returned as is."""
+        call = TrackedCall(self.record, fields)
+        call.start(check=False)  # the AI call is made: bad fields are logged, not raised
+        kind = stream_kind(stream)
+        if kind is None:
+            warn_once(
+                f"notstream:{type_name(stream)}",
+                "track_stream got a %s, not a stream: read as a whole response",
+                type_name(stream),
+            )
+            call.tracker.feed(stream)
+            call.finish(False)
+            return stream
+        return cast(T, _wrapped(call, stream, kind))
 
     def track(self, **fields: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorator form of track_usage: the function's return value is read as the response."""
+        """Decorator form of track_usage: the function's return value is read as the
+        response. An `async def` is awaited first. A returned stream is passed back wrapped,
+        recorded when it ends, as with track_stream."""
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
-            @functools.wraps(func)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                with self.track_usage(**fields) as call:
-                    result = func(*args, **kwargs)
-                    call.response(result)
-                    return result
+            if inspect.iscoroutinefunction(func):
 
-            return wrapper
+                @functools.wraps(func)
+                async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    call = TrackedCall(self.record, fields)
+                    call.start()
+                    return _returned(call, await _guarded(call, func(*args, **kwargs)))
+
+                return cast(Callable[P, R], run_async)
+
+            @functools.wraps(func)
+            def run(*args: P.args, **kwargs: P.kwargs) -> R:
+                call = TrackedCall(self.record, fields)
+                call.start()
+                try:
+                    result = func(*args, **kwargs)
+                except BaseException:
+                    call.finish(True)
+                    raise
+                if stream_kind(result) == "awaitable":
+                    # A plain function handing back a coroutine: read what it resolves to.
+                    awaitable = cast(Awaitable[Any], result)
+
+                    async def later() -> Any:
+                        return _returned(call, await _guarded(call, awaitable))
+
+                    return cast(R, later())
+                return cast(R, _returned(call, result))
+
+            return run
 
         return decorate
 
-    def _record_tracked(
-        self, fields: dict[str, Any], tracker: UsageTracker, started: float, *, failed: bool
-    ) -> None:
-        values = dict(fields)
-        values.setdefault("duration_ms", int((time.perf_counter() - started) * 1000))
-        values.setdefault("input_tokens", tracker.input_tokens or 0)
-        values.setdefault("output_tokens", tracker.output_tokens or 0)
-        if "model" not in values and tracker.model:
-            values["model"] = tracker.model
-        values["success"] = "failure" if failed else values.get("success", "success")
-        if failed:
-            try:
-                self.record(**values)
-            except Exception:  # never mask the application's own exception
-                log.exception("could not record the failed AI call")
-        else:
-            self.record(**values)
+
+async def _guarded(call: TrackedCall, awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except BaseException:
+        call.finish(True)
+        raise
 
 
-class UsageTracker:
-    """Collects token counts inside `track_usage`."""
-
-    def __init__(self) -> None:
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.model: str | None = None
-
-    def response(self, response: Any) -> None:
-        """Read token counts (and model) from an Anthropic or OpenAI response object or dict."""
-        tokens = extract_usage(response)
-        if tokens is not None:
-            self.input_tokens, self.output_tokens = tokens
-        model = _get(response, "model")
-        if isinstance(model, str):
-            self.model = model
-
-    def tokens(self, input_tokens: int, output_tokens: int) -> None:
-        """Set the token counts by hand."""
-        self.input_tokens, self.output_tokens = input_tokens, output_tokens
+def _returned(call: TrackedCall, result: Any) -> Any:
+    kind = stream_kind(result)
+    if kind is not None and kind != "awaitable":
+        return _wrapped(call, result, kind)
+    call.tracker.feed(result)
+    call.finish(False)
+    return result
 
 
-def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
+def _wrapped(call: TrackedCall, stream: Any, kind: StreamKind) -> Any:
+    """`stream` passed through, the call recorded when it ends."""
+    name = type_name(stream)
+
+    def on_end(failed: bool) -> None:
+        call.finish(failed, f"{name} stream of {call.tracker.describe()}")
+
+    return wrap(stream, kind, call.tracker, on_end)
 
 
 def extract_usage(response: Any) -> tuple[int, int] | None:
-    """(input, output) tokens of an SDK response, without importing the SDK.
+    """(input, output) tokens of an SDK response, or None when it carries no usage.
 
-    Anthropic and OpenAI Responses: usage.input_tokens / usage.output_tokens.
-    OpenAI chat completions: usage.prompt_tokens / usage.completion_tokens."""
-    usage = _get(response, "usage")
-    if usage is None:
-        return None
-    for inp, out in (("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")):
-        i, o = _get(usage, inp), _get(usage, out)
-        if isinstance(i, int) and isinstance(o, int):
-            return i, o
-    return None
+    Kept for compatibility; `worker.client.read_usage` gives the whole usage (cache tokens,
+    details, model, provider). `input` counts every input token, cached or not
+    (genai-prices' convention): for an Anthropic response with cache reads or writes that is
+    more than its `usage.input_tokens`."""
+    found = read_usage(response)
+    return None if found is None else (found.input_tokens, found.output_tokens)

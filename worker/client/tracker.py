@@ -1,0 +1,137 @@
+"""One AI call's usage as it is read: what `call` is in `with usage.track_usage(...) as call`,
+and what the stream wrappers show every chunk to.
+
+Readings are cheap and lazy: each object is only recognised (worker.client.responses.piece);
+genai-prices maps the last one when the usage is asked for, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar, cast
+
+from worker.client.responses import CallUsage, Piece, extract, get, merged, piece, text
+from worker.client.streams import stream_kind, wrap
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: Any) -> None:
+    """Log `message` as a warning the first time `key` is seen in this process."""
+    # Once per response type, not per call: an application in a loop would flood its log.
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def type_name(obj: Any) -> str:
+    """`obj`'s type as module.Name, for log lines."""
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+class UsageTracker:
+    """Collects the usage of one AI call: `call` in `with usage.track_usage(...) as call`."""
+
+    def __init__(self) -> None:
+        self._piece: Piece | None = None
+        self._read: CallUsage | None = None
+        self._manual: CallUsage | None = None
+        self._seen: dict[str, None] = {}  # types given, in order (a set that keeps order)
+        self._model: str | None = None  # named by a piece without usage
+
+    def response(self, response: T) -> T:
+        """Read the usage and model of an SDK response, stream event or chunk (Anthropic,
+        OpenAI, Gemini, Bedrock; objects or dicts) and return it. Called once per event of a
+        stream, it keeps the usage of the stream so far. A whole stream is returned wrapped:
+        iterate the wrapper, and its usage is read as it goes by."""
+        kind = stream_kind(response)
+        if kind is not None and kind != "awaitable":
+            return cast(T, wrap(response, kind, self, None))
+        self.feed(response)
+        return response
+
+    def feed(self, item: Any) -> None:
+        """Read one response, event or chunk; never raises."""
+        if len(self._seen) < 4:
+            self._seen[type_name(item)] = None
+        try:
+            found = piece(item)
+            if found is None and self._model is None:
+                # A chunk without usage may still name the model (OpenAI chat chunks do).
+                self._model = text(get(item, "model")) or text(get(item, "model_version"))
+        except Exception:  # an object whose attributes raise: not a response
+            log.debug("could not inspect a %s", type_name(item), exc_info=True)
+            return
+        if found is None:
+            return
+        if found.merge and self._piece is not None and self._piece.provider == "anthropic":
+            # message_delta after message_start: the start's model, the counts merged.
+            found = Piece(
+                "anthropic", "default", merged(self._piece.usage, found.usage), self._piece.model
+            )
+        self._piece, self._read = found, None
+
+    def tokens(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        usage_details: dict[str, int | float] | None = None,
+    ) -> None:
+        """Set the usage by hand (genai-prices' convention: input counts the cache too)."""
+        self._manual = CallUsage(
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, usage_details or {}
+        )
+
+    def usage(self) -> CallUsage | None:
+        """The usage read so far (or set by hand), or None."""
+        if self._manual is not None:
+            return self._manual
+        if self._piece is not None and self._read is None:
+            try:
+                self._read = extract(self._piece)
+            except Exception as exc:
+                warn_once(
+                    f"extract:{self.describe()}",
+                    "could not read the usage of a %s: %s",
+                    self.describe(),
+                    exc,
+                )
+                self._model = self._piece.model or self._model
+                self._piece = None
+        return self._read
+
+    @property
+    def input_tokens(self) -> int | None:
+        """Input tokens read so far, cached ones included (None: none read)."""
+        found = self.usage()
+        return None if found is None else found.input_tokens
+
+    @property
+    def output_tokens(self) -> int | None:
+        """Output tokens read so far (None: none read)."""
+        found = self.usage()
+        return None if found is None else found.output_tokens
+
+    @property
+    def model(self) -> str | None:
+        """The model named by the responses read so far."""
+        if self._piece is not None and self._piece.model is not None:
+            return self._piece.model
+        return self._model
+
+    @property
+    def provider(self) -> str | None:
+        """genai-prices' id of the provider whose response was read."""
+        return None if self._piece is None else self._piece.provider
+
+    def describe(self) -> str:
+        """The types given so far, for log lines."""
+        return " / ".join(self._seen) or "call with no response given"
