@@ -108,6 +108,26 @@ def database_url(pg_server: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def fresh_database(pg_server: str) -> Iterator[tuple[str, Engine]]:
+    """An empty database of its own (no tables), and an engine on it; dropped afterwards."""
+    name = f"aiu_fresh_{secrets.token_hex(4)}"
+    admin = create_engine(
+        settings_mod.normalise_database_url(with_database(pg_server, "postgres")),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = with_database(pg_server, name)
+    engine = create_engine(settings_mod.normalise_database_url(url))
+    yield url, engine
+    engine.dispose()
+    dispose_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def redis_url(redis_server: str) -> Iterator[str]:
     """A Redis db number of its own (empty at the start), flushed at the end."""

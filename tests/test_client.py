@@ -127,15 +127,21 @@ def test_flush_and_close_respect_their_deadline(broker: FakeBroker) -> None:
 
 
 def test_publish_errors_never_reach_the_caller() -> None:
+    tried: list[str] = []
+
     def boom(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        tried.append(task)
         raise ConnectionError("broker down")
 
     client = UsageClient(publisher=boom, batch_size=1, flush_interval_ms=1, retry_max_s=0.01)
-    for _ in range(20):
-        record(client)
-    time.sleep(0.05)
-    record(client)
-    client.close(0.05)
+    ids = {record(client) for _ in range(20)}  # none of these raises
+    # The thread did try, and failed, while the callers went on: the errors stayed with it.
+    wait_for(lambda: client.publish_failures >= 3, 10, what="failed publish attempts")
+    ids.add(record(client))
+    assert len(ids) == 21 and set(tried) == {"ai_usage.record_batch"}
+    assert client.published == 0 and client.dropped == 0
+    assert client.close(0.05) is False  # what it could not publish is reported, not hidden
+    wait_for(lambda: client.dropped == 21, 10, what="21 drops counted")
 
 
 def test_sync_mode_publishes_one_record_message_and_raises_broker_errors(

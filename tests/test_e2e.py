@@ -4,6 +4,7 @@ and producers that know nothing of this package but the task names."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -15,6 +16,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from tests.conftest import WorkerProcess, count_rows, landed, wait_for
+from tests.factories import event as factory
 
 pytestmark = pytest.mark.e2e
 
@@ -28,18 +30,9 @@ def producer(redis_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "tenant_id": str(tenant),
-        "operation": "analyze_lead_insights",
-        "model": "claude-3-5-sonnet-20241022",
-        "input_tokens": 120,
-        "output_tokens": 80,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    e.update(over)
-    return e
+event = functools.partial(
+    factory, operation="analyze_lead_insights", input_tokens=120, output_tokens=80
+)
 
 
 def send_record(app: Celery, e: dict[str, Any]) -> None:

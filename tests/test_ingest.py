@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
-from typing import Any
 
 import psycopg2.errors
 import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import count_rows, make_tenant
+from tests.factories import event as factory
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
 
-
-def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "tenant_id": str(tenant),
-        "operation": "generate_assessment",
-        "model": "claude-3-5-sonnet-20241022",
-        "input_tokens": 1000,
-        "output_tokens": 2000,
-        "created_at": "2025-06-01T12:00:00Z",
-    }
-    e.update(over)
-    return e
+event = functools.partial(factory, created_at="2025-06-01T12:00:00Z")
 
 
 def test_batch_lands_once_and_repeats_are_duplicates(db: Engine, tenant: uuid.UUID) -> None:

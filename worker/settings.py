@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     beat_scheduler: Literal["default", "redbeat"] = Field(
         "default", validation_alias="AI_USAGE_BEAT_SCHEDULER"
     )
+    #: Who owns the schema: `standalone`, `host` (a host application's database, our own
+    #: version table) or `copied` (our revisions copied into the host's chain). README,
+    #: "Owning the schema"; the values are worker.ledger.db.SchemaMode.
+    schema_mode: Literal["standalone", "host", "copied"] = Field(
+        "standalone", validation_alias="AI_USAGE_SCHEMA"
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("AI_USAGE_LOG_LEVEL", "LOG_LEVEL")

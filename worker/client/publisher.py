@@ -38,6 +38,7 @@ from worker.client.envelope import (
     new_id,
     redis_envelope,
 )
+from worker.client.errors import ConfigError
 from worker.client.events import UsageEvent, parse_event
 from worker.client.tracking import TrackingMixin, UsageTracker, extract_usage
 
@@ -46,6 +47,9 @@ __all__ = ["UsageClient", "UsageTracker", "extract_usage"]
 log = logging.getLogger(__name__)
 
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
+
+#: The one environment variable the client reads (the broker, when `broker_url` is not given).
+BROKER_URL_VARIABLE = "AI_USAGE_BROKER_URL"
 
 
 class UsageClient(TrackingMixin):
@@ -65,7 +69,9 @@ class UsageClient(TrackingMixin):
         redis_client: Any = None,
         publisher: Callable[[str, list[Any], dict[str, Any]], None] | None = None,
     ) -> None:
-        """`broker_url` defaults to the settings' broker (CELERY_BROKER_URL or REDIS_URL).
+        """`broker_url` defaults to AI_USAGE_BROKER_URL. The client reads nothing else of the
+        environment (never the application's REDIS_URL, DATABASE_URL or LOG_LEVEL); without
+        either, and without `redis_client` or `publisher`, it raises ConfigError here.
         `registry`: a prometheus_client registry to expose drops and buffer depth in.
         `redis_client`: a redis-py client to publish with instead of one made from the URL.
         `publisher(task_name, args, kwargs)`: replaces Redis publishing altogether.
@@ -78,7 +84,9 @@ class UsageClient(TrackingMixin):
         self.max_queue = max_queue
         self.retry_max_s = retry_max_s
         self.exit_timeout_s = exit_timeout_s
-        self._broker_url = broker_url
+        self._broker_url = broker_url or os.environ.get(BROKER_URL_VARIABLE) or None
+        if self._broker_url is None and redis_client is None and publisher is None:
+            raise ConfigError(f"broker_url: not given, and {BROKER_URL_VARIABLE} is not set")
         self._given_redis = redis_client
         self._publisher = publisher
         self._app: Any = None
@@ -343,10 +351,7 @@ class UsageClient(TrackingMixin):
             import redis
 
             url = self._broker_url
-            if url is None:
-                from worker.settings import get_settings
-
-                url = get_settings().broker_url
+            assert url is not None  # __init__ refuses a client with nothing to publish to
             # Short timeouts: a broker outage must show up as an error to retry, not a hang.
             self._app = redis.Redis.from_url(
                 url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
