@@ -11,11 +11,13 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import wait_for
 from worker.client import UsageClient, extract_usage
-from worker.client.errors import InvalidEvent
+from worker.client.errors import ConfigError, InvalidEvent
+from worker.settings import get_settings
 
 TENANT = str(uuid.uuid4())
 
@@ -222,3 +224,30 @@ def test_close_publishes_a_held_back_partial_batch(broker: FakeBroker) -> None:
         assert client.close(2)
         assert ids <= {uuid.UUID(e["id"]) for e in broker.events()}
     assert len(broker.events()) == 140
+
+
+def test_the_client_reads_only_its_own_variable(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, redis_url: str
+) -> None:
+    # An application's own settings, each of which the worker's Settings refuses (so a client
+    # that read them would fail), and URLs that lead nowhere (so one that used them would hang).
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@192.0.2.1/app")
+    monkeypatch.setenv("LOG_LEVEL", "CRITICAL")
+    monkeypatch.setenv("REDIS_URL", "redis://192.0.2.1:1/0")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://192.0.2.1:1/0")
+    monkeypatch.delenv("AI_USAGE_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
+    with pytest.raises(ConfigError, match="^broker_url: not given, and AI_USAGE_BROKER_URL is not"):
+        UsageClient(mode="sync")
+
+    monkeypatch.setenv("AI_USAGE_BROKER_URL", redis_url)
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete("ai_usage")
+    record(UsageClient(mode="sync"))
+    background = UsageClient(flush_interval_ms=10)
+    record(background)
+    assert background.flush(5) and background.close(1)
+    assert queue.llen("ai_usage") == 2
+    queue.delete("ai_usage")
+    queue.close()

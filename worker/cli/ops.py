@@ -14,11 +14,11 @@ def register(sub: Any) -> None:
     sub.add_parser(
         "migrate", help="upgrade the database to the shipped head (honours AI_USAGE_SCHEMA)"
     ).set_defaults(handler=migrate)
-    rn = sub.add_parser(
-        "run",
-        help="a demo: the whole pipeline on embedded servers, with demo traffic; refuses"
-        " DATABASE_URL / REDIS_URL servers that hold data",
+    about = (
+        "a demo: the whole pipeline on embedded servers, with demo traffic; refuses"
+        " DATABASE_URL / REDIS_URL servers that hold data"
     )
+    rn = sub.add_parser("run", help=about, description=about[0].upper() + about[1:] + ".")
     rn.add_argument("--once", action="store_true", help="exit after the demo and the report")
     rn.add_argument("--events", type=int, default=2000, help="demo events to send")
     rn.add_argument(

@@ -60,7 +60,9 @@ def refusal() -> str | None:
         finally:
             engine.dispose()
         if tables:
-            return f"the database at DATABASE_URL {redact_url(database_url)} has {tables} tables"
+            return (
+                f"the database at DATABASE_URL {redact_url(database_url)} has {_n(tables, 'table')}"
+            )
     if redis_url:
         import redis
 
@@ -70,8 +72,12 @@ def refusal() -> str | None:
         finally:
             client.close()
         if keys:
-            return f"the Redis db at {redact_url(redis_url)} holds {keys} keys"
+            return f"the Redis db at {redact_url(redis_url)} holds {_n(keys, 'key')}"
     return None
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _demo(database_url: str, broker_url: str, events: int) -> None:
