@@ -9,7 +9,7 @@ import functools
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.client.envelope import QUEUE
@@ -33,9 +33,10 @@ WORKER_ARGS = (
 class Settings(BaseSettings):
     """All settings of the worker, beat, CLI and client."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
-    )
+    # Each setting is read from its variable only (the alias), never from its field name: a
+    # host application's LOG_LEVEL or LOG_FORMAT is not ours (pydantic-settings reads the field
+    # name too under populate_by_name).
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
@@ -76,7 +77,7 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("AI_USAGE_LOG_LEVEL", "LOG_LEVEL")
+        "INFO", validation_alias="AI_USAGE_LOG_LEVEL"
     )
 
     @field_validator("database_url")
