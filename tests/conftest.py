@@ -285,10 +285,9 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        proc = self.proc
         wait_for(
-            lambda: (
-                b"ready." in self.log_path.read_bytes()[offset:] or self.proc.poll() is not None
-            ),
+            lambda: b"ready." in self.log_path.read_bytes()[offset:] or proc.poll() is not None,
             timeout,
             what="worker ready",
         )

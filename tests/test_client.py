@@ -41,7 +41,8 @@ class FakeBroker:
     def messages(self) -> list[tuple[str, list[Any], dict[str, Any]]]:
         """(task, args, kwargs) of each queued message, decoded as the worker decodes them."""
         out = []
-        for raw in reversed(self.redis.lrange("ai_usage", 0, -1)):
+        queued: list[bytes] = self.redis.lrange("ai_usage", 0, -1)  # type: ignore[assignment]
+        for raw in reversed(queued):
             envelope = json.loads(raw)
             assert envelope["content-type"] == "application/json"
             assert envelope["properties"]["delivery_info"]["routing_key"] == "ai_usage"

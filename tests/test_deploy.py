@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,8 +26,11 @@ def procfile() -> dict[str, str]:
     return out
 
 
-def compose() -> dict[str, dict[str, object]]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+def compose() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+        "services"
+    ]
+    return services
 
 
 def test_procfile_has_release_worker_and_beat() -> None:
@@ -52,8 +56,8 @@ def test_compose_ordering_and_health() -> None:
     assert c["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     for name in ("worker", "beat"):
         deps = c[name]["depends_on"]
-        assert deps["migrate"] == {"condition": "service_completed_successfully"}  # type: ignore[index]
-        assert deps["redis"] == {"condition": "service_healthy"}  # type: ignore[index]
+        assert deps["migrate"] == {"condition": "service_completed_successfully"}
+        assert deps["redis"] == {"condition": "service_healthy"}
     assert c["flower"]["profiles"] == ["flower"]
 
 

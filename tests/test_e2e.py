@@ -105,7 +105,7 @@ def test_invalid_events_are_dead_lettered_and_neighbours_land(
     wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == 7, 60, what="7 dead letters")
     assert landed(db, [e["id"] for e in good]).counts == (30, 30)
     with db.connect() as conn:
-        reasons = dict(
+        reasons: dict[str, str] = dict(
             conn.execute(
                 text(
                     "SELECT event_id::text, error FROM ai_usage_dead_letters WHERE event_id IS NOT NULL"
@@ -143,7 +143,9 @@ def test_pricing_in_the_worker(
         send_record(producer, e)
     wait_for(lambda: count_rows(db) == 3, 60)
     with db.connect() as conn:
-        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+        costs: dict[str, Any] = dict(
+            conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all()
+        )
     assert costs[unknown["id"]] is None
     assert costs[before["id"]] == pytest.approx(0.09, abs=1e-12)
     assert costs[after["id"]] == pytest.approx(0.018, abs=1e-12)
@@ -194,7 +196,7 @@ def test_messages_sent_with_a_priority_land(
     wait_for(lambda: landed(db, ids).rows == 4, 30, what="prioritised events stored")
     wait_for(lambda: client.hlen("unacked") == 0, 30)
     assert landed(db, ids).counts == (4, 4)
-    assert not [k for k in client.keys("ai_usage*") if client.llen(k)]
+    assert not [k for k in client.scan_iter("ai_usage*") if client.llen(k)]
     client.close()
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import uuid
+from typing import Any
 
 import psycopg2.errors
 import pytest
@@ -36,7 +37,9 @@ def test_costs_are_priced_at_event_time_and_given_costs_kept(db: Engine, tenant:
     r = write_batch(db, [before, after, given, unknown], Pricer())
     assert r.inserted == 4 and r.unpriced == 1
     with db.connect() as conn:
-        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+        costs: dict[str, Any] = dict(
+            conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all()
+        )
     assert costs[before["id"]] == 0.09 and costs[after["id"]] == 0.018
     assert costs[given["id"]] == 0.123456789
     assert costs[unknown["id"]] is None
@@ -106,7 +109,9 @@ def test_sql_looking_and_odd_strings_are_stored_verbatim(db: Engine, tenant: uui
     events = [event(tenant, operation=s, model=s[::-1]) for s in odd]
     assert write_batch(db, events, Pricer()).inserted == len(odd)
     with db.connect() as conn:
-        stored = dict(conn.execute(text("SELECT operation, model FROM ai_usage_logs")).all())
+        stored: dict[str, str] = dict(
+            conn.execute(text("SELECT operation, model FROM ai_usage_logs")).all()
+        )
     assert stored == {s: s[::-1] for s in odd}
 
 

@@ -178,7 +178,7 @@ def test_metrics_endpoint_serves_the_named_metrics(
     def scrape() -> str:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                return resp.read().decode()
+                return str(resp.read().decode())
         except OSError:  # not serving yet: wait_for asks again
             return ""
 

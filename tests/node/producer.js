@@ -4,7 +4,8 @@
 //   node producer.js celery-ts 2 <broker-url> < events.json
 // Every event but the last two goes as one `ai_usage.record` message (keyword arguments, so
 // applyAsync, never delay); the last two go together as one `ai_usage.record_batch`.
-// Prints "sent N messages" and exits 0 once Redis has them all.
+// Prints "sent N messages" and exits 0 once Redis has answered them all; a refused LPUSH is an
+// unhandled rejection, so the process exits 1, never 0.
 "use strict";
 
 const QUEUE = "ai_usage"; // both libraries default to "celery", which nothing consumes
@@ -33,7 +34,10 @@ async function celeryNode(protocol, broker, events) {
     record.applyAsync([], event); // delay(...) would send the event as a positional argument
   }
   client.createTask("ai_usage.record_batch").applyAsync([batch]);
-  await client.disconnect(); // QUIT after the queued LPUSHes: Redis has answered them all
+  // Each send is a promise chain this library keeps to itself: let every chain reach its
+  // LPUSH before disconnect() queues QUIT, which ioredis then sends after them.
+  await new Promise((resolve) => setImmediate(resolve));
+  await client.disconnect(); // QUIT is answered after every LPUSH before it
   return single.length + 1;
 }
 
