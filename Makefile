@@ -32,6 +32,7 @@ test-fast: install
 faults: install
 	$(BIN)/pytest -m faults $(ARGS)
 
+# ruff and mypy strict over worker/, tests/ and bench/ (the files of pyproject's [tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -136,6 +136,15 @@ Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
+def hosted(fresh_database: tuple[str, Engine], tmp_path: Path) -> tuple[str, Engine, Host]:
+    """A host application's database: its chain at host0001, its parent tables, nothing ours."""
+    url, engine = fresh_database
+    host = Host(tmp_path / "host", url)
+    host.upgrade()
+    return url, engine, host
+
+
+@pytest.fixture
 def ai_usage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     """`ai-usage ARGS` in this process (the same main() and settings as the command), with
     environment variables set for the call: (exit code, stdout, stderr)."""
@@ -171,11 +180,9 @@ def test_standalone_owns_the_whole_chain(fresh_database: tuple[str, Engine]) -> 
 
 
 def test_host_mode_leaves_the_host_chain_and_tables_alone(
-    fresh_database: tuple[str, Engine], tmp_path: Path, ai_usage: Cli
+    hosted: tuple[str, Engine, Host], ai_usage: Cli
 ) -> None:
-    url, engine = fresh_database
-    host = Host(tmp_path / "host", url)
-    host.upgrade()
+    url, engine, host = hosted
     host_columns = {t: columns(engine, t) for t in ("tenants", "users", "assessments", "leads")}
 
     code, out, err = ai_usage("migrate", DATABASE_URL=url, AI_USAGE_SCHEMA="host")
@@ -239,10 +246,9 @@ def test_host_mode_refuses_a_database_without_the_parent_tables(
 
 
 def test_standalone_refuses_a_host_database(
-    fresh_database: tuple[str, Engine], tmp_path: Path, ai_usage: Cli
+    hosted: tuple[str, Engine, Host], ai_usage: Cli
 ) -> None:
-    url, engine = fresh_database
-    Host(tmp_path / "host", url).upgrade()
+    url, engine, _ = hosted
     before = tables(engine)
     code, _, err = ai_usage("migrate", DATABASE_URL=url)
     assert code == 1
@@ -274,11 +280,9 @@ def copy_our_revisions(into: Path, only: str | None = None) -> None:
 
 
 def test_copied_revisions_run_in_the_host_chain(
-    fresh_database: tuple[str, Engine], tmp_path: Path, ai_usage: Cli
+    hosted: tuple[str, Engine, Host], ai_usage: Cli
 ) -> None:
-    url, engine = fresh_database
-    host = Host(tmp_path / "host", url)
-    host.upgrade()
+    url, engine, host = hosted
     code, out, _ = ai_usage("check", DATABASE_URL=url, AI_USAGE_SCHEMA="copied")
     assert code == 1 and "FAIL migrations     not migrated (no ai_usage_logs table)" in out
 
