@@ -4,7 +4,9 @@ a host application with an alembic chain of its own (revisions host0001, host000
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from alembic import command
+from tests.conftest import ROOT, VENV_BIN, new_database
 from tests.factories import event
 from worker.cli import main
 from worker.ledger.db import alembic_config, dispose_engine, migrate, migrations_dir
@@ -323,10 +326,34 @@ def test_check_says_not_migrated_not_unreachable(
 def test_shipped_migrations_are_the_repo_alembic_folder() -> None:
     """One copy: the package's migrations are the checkout's alembic/ (through the symlink in a
     checkout; copied into the wheel by setuptools, which tests/test_wheel.py installs)."""
-    from tests.conftest import ROOT
 
     shipped = Path(migrations_dir())
     assert shipped.resolve() == (ROOT / "alembic").resolve()
     assert sorted(p.name for p in (shipped / "versions").glob("*.py")) == sorted(
         p.name for p in (ROOT / "alembic" / "versions").glob("*.py")
     )
+
+
+def test_alembic_in_the_checkout_runs_the_same_chain_and_modes(
+    hosted: tuple[str, Engine, Host], pg_server: str
+) -> None:
+    """`alembic upgrade head` from the repo (its alembic.ini) keeps working, and honours
+    AI_USAGE_SCHEMA like `ai-usage migrate`."""
+
+    def alembic_upgrade(url: str, mode: str) -> None:
+        out = subprocess.run(
+            [str(VENV_BIN / "alembic"), "upgrade", "head"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "AI_USAGE_SCHEMA": mode},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+
+    url, engine, _ = hosted
+    alembic_upgrade(url, "host")
+    assert version(engine) == ["host0001"]
+    assert version(engine, "ai_usage_alembic_version") == [HEAD]
+    with new_database(pg_server, "aiu_repo") as own:
+        alembic_upgrade(own, "standalone")
+        own_engine = create_engine(normalise_database_url(own))
+        assert version(own_engine) == [HEAD] and "tenants" in tables(own_engine)
+        own_engine.dispose()

@@ -31,7 +31,7 @@ WORKER_ARGS = (
 
 
 class Settings(BaseSettings):
-    """All settings of the worker, beat, CLI and client."""
+    """All settings of the worker, beat and CLI (the client reads none of them)."""
 
     # Each setting is read from its variable only (the alias), never from its field name: a
     # host application's LOG_LEVEL or LOG_FORMAT is not ours (pydantic-settings reads the field
