@@ -357,3 +357,17 @@ def test_alembic_in_the_checkout_runs_the_same_chain_and_modes(
         own_engine = create_engine(normalise_database_url(own))
         assert version(own_engine) == [HEAD] and "tenants" in tables(own_engine)
         own_engine.dispose()
+
+
+def test_check_compares_with_the_packages_head_not_the_cwds_alembic_ini(
+    fresh_database: tuple[str, Engine],
+    tmp_path: Path,
+    ai_usage: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _ = fresh_database
+    migrate(url, "standalone")
+    Host(tmp_path / "app", url)  # an application's alembic.ini (head host0001) in the cwd
+    monkeypatch.chdir(tmp_path / "app")
+    _, out, _ = ai_usage("check", DATABASE_URL=url)
+    assert f"OK   migrations     at head {HEAD} (alembic_version)" in out.splitlines(), out
