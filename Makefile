@@ -48,6 +48,7 @@ test-latest: install
 	$(LATEST)/bin/pytest tests/test_transport_canary.py tests/test_e2e.py tests/faults $(ARGS)
 	$(LATEST)/bin/python -m tests.kombu_suite
 
+# ruff and mypy strict over worker/, tests/ and bench/ (the files of pyproject's [tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from bench.procs import BenchError
 from bench.servers import Stack
-from worker.health import queue_keys
+from worker.consumer.transport import queue_keys
 from worker.ledger.pricing import Pricer
 
 #: Priced models (genai-prices knows them), so the worker prices every event.

@@ -4,6 +4,7 @@ embedded servers are started under a temporary folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -89,23 +90,40 @@ def redis_server(tmp_root: Path) -> Iterator[str]:
     server.destroy()
 
 
-@pytest.fixture(scope="session")
-def database_url(pg_server: str) -> Iterator[str]:
-    """A database of its own for this run, migrated to head, dropped at the end."""
-    name = f"aiu_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def new_database(pg_server: str, prefix: str) -> Iterator[str]:
+    """A database of its own on `pg_server` (its URL), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = create_engine(
         settings_mod.normalise_database_url(with_database(pg_server, "postgres")),
         isolation_level="AUTOCOMMIT",
     )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = with_database(pg_server, name)
-    command.upgrade(alembic_config(url), "head")
-    yield url
-    dispose_engine()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield with_database(pg_server, name)
+    finally:
+        dispose_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: str) -> Iterator[str]:
+    """A database of its own for this run, migrated to head, dropped at the end."""
+    with new_database(pg_server, "aiu_test") as url:
+        command.upgrade(alembic_config(url), "head")
+        yield url
+
+
+@pytest.fixture
+def fresh_database(pg_server: str) -> Iterator[tuple[str, Engine]]:
+    """An empty database of its own (no tables), and an engine on it; dropped afterwards."""
+    with new_database(pg_server, "aiu_fresh") as url:
+        engine = create_engine(settings_mod.normalise_database_url(url))
+        yield url, engine
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -265,10 +283,9 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        proc = self.proc
         wait_for(
-            lambda: (
-                b"ready." in self.log_path.read_bytes()[offset:] or self.proc.poll() is not None
-            ),
+            lambda: b"ready." in self.log_path.read_bytes()[offset:] or proc.poll() is not None,
             timeout,
             what="worker ready",
         )

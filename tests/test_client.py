@@ -11,11 +11,13 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import wait_for
 from worker.client import UsageClient, extract_usage
-from worker.client.errors import InvalidEvent
+from worker.client.errors import ConfigError, InvalidEvent
+from worker.settings import get_settings
 
 TENANT = str(uuid.uuid4())
 
@@ -39,7 +41,8 @@ class FakeBroker:
     def messages(self) -> list[tuple[str, list[Any], dict[str, Any]]]:
         """(task, args, kwargs) of each queued message, decoded as the worker decodes them."""
         out = []
-        for raw in reversed(self.redis.lrange("ai_usage", 0, -1)):
+        queued: list[bytes] = self.redis.lrange("ai_usage", 0, -1)  # type: ignore[assignment]
+        for raw in reversed(queued):
             envelope = json.loads(raw)
             assert envelope["content-type"] == "application/json"
             assert envelope["properties"]["delivery_info"]["routing_key"] == "ai_usage"
@@ -127,15 +130,21 @@ def test_flush_and_close_respect_their_deadline(broker: FakeBroker) -> None:
 
 
 def test_publish_errors_never_reach_the_caller() -> None:
+    tried: list[str] = []
+
     def boom(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        tried.append(task)
         raise ConnectionError("broker down")
 
     client = UsageClient(publisher=boom, batch_size=1, flush_interval_ms=1, retry_max_s=0.01)
-    for _ in range(20):
-        record(client)
-    time.sleep(0.05)
-    record(client)
-    client.close(0.05)
+    ids = {record(client) for _ in range(20)}  # none of these raises
+    # The thread did try, and failed, while the callers went on: the errors stayed with it.
+    wait_for(lambda: client.publish_failures >= 3, 10, what="failed publish attempts")
+    ids.add(record(client))
+    assert len(ids) == 21 and set(tried) == {"ai_usage.record_batch"}
+    assert client.published == 0 and client.dropped == 0
+    assert client.close(0.05) is False  # what it could not publish is reported, not hidden
+    wait_for(lambda: client.dropped == 21, 10, what="21 drops counted")
 
 
 def test_sync_mode_publishes_one_record_message_and_raises_broker_errors(
@@ -216,3 +225,30 @@ def test_close_publishes_a_held_back_partial_batch(broker: FakeBroker) -> None:
         assert client.close(2)
         assert ids <= {uuid.UUID(e["id"]) for e in broker.events()}
     assert len(broker.events()) == 140
+
+
+def test_the_client_reads_only_its_own_variable(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, redis_url: str
+) -> None:
+    # An application's own settings, each of which the worker's Settings refuses (so a client
+    # that read them would fail), and URLs that lead nowhere (so one that used them would hang).
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@192.0.2.1/app")
+    monkeypatch.setenv("LOG_LEVEL", "CRITICAL")
+    monkeypatch.setenv("REDIS_URL", "redis://192.0.2.1:1/0")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://192.0.2.1:1/0")
+    monkeypatch.delenv("AI_USAGE_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
+    with pytest.raises(ConfigError, match="^broker_url: not given, and AI_USAGE_BROKER_URL is not"):
+        UsageClient(mode="sync")
+
+    monkeypatch.setenv("AI_USAGE_BROKER_URL", redis_url)
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete("ai_usage")
+    record(UsageClient(mode="sync"))
+    background = UsageClient(flush_interval_ms=10)
+    record(background)
+    assert background.flush(5) and background.close(1)
+    assert queue.llen("ai_usage") == 2
+    queue.delete("ai_usage")
+    queue.close()

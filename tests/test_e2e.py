@@ -4,6 +4,7 @@ and producers that know nothing of this package but the task names."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -15,6 +16,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from tests.conftest import WorkerProcess, count_rows, landed, wait_for
+from tests.factories import event as factory
 
 pytestmark = pytest.mark.e2e
 
@@ -28,18 +30,9 @@ def producer(redis_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "tenant_id": str(tenant),
-        "operation": "analyze_lead_insights",
-        "model": "claude-3-5-sonnet-20241022",
-        "input_tokens": 120,
-        "output_tokens": 80,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    e.update(over)
-    return e
+event = functools.partial(
+    factory, operation="analyze_lead_insights", input_tokens=120, output_tokens=80
+)
 
 
 def send_record(app: Celery, e: dict[str, Any]) -> None:
@@ -112,7 +105,7 @@ def test_invalid_events_are_dead_lettered_and_neighbours_land(
     wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == 7, 60, what="7 dead letters")
     assert landed(db, [e["id"] for e in good]).counts == (30, 30)
     with db.connect() as conn:
-        reasons = dict(
+        reasons: dict[str, str] = dict(
             conn.execute(
                 text(
                     "SELECT event_id::text, error FROM ai_usage_dead_letters WHERE event_id IS NOT NULL"
@@ -150,7 +143,9 @@ def test_pricing_in_the_worker(
         send_record(producer, e)
     wait_for(lambda: count_rows(db) == 3, 60)
     with db.connect() as conn:
-        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+        costs: dict[str, Any] = dict(
+            conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all()
+        )
     assert costs[unknown["id"]] is None
     assert costs[before["id"]] == pytest.approx(0.09, abs=1e-12)
     assert costs[after["id"]] == pytest.approx(0.018, abs=1e-12)
@@ -201,7 +196,7 @@ def test_messages_sent_with_a_priority_land(
     wait_for(lambda: landed(db, ids).rows == 4, 30, what="prioritised events stored")
     wait_for(lambda: client.hlen("unacked") == 0, 30)
     assert landed(db, ids).counts == (4, 4)
-    lists = [k for k in client.keys("ai_usage*") if client.type(k) == b"list"]
+    lists = [k for k in client.scan_iter("ai_usage*") if client.type(k) == b"list"]
     assert not [k for k in lists if client.llen(k)]
     client.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
 from typing import Any
@@ -12,22 +13,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import count_rows, make_tenant
+from tests.factories import event as factory
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
 
-
-def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "tenant_id": str(tenant),
-        "operation": "generate_assessment",
-        "model": "claude-3-5-sonnet-20241022",
-        "input_tokens": 1000,
-        "output_tokens": 2000,
-        "created_at": "2025-06-01T12:00:00Z",
-    }
-    e.update(over)
-    return e
+event = functools.partial(factory, created_at="2025-06-01T12:00:00Z")
 
 
 def test_batch_lands_once_and_repeats_are_duplicates(db: Engine, tenant: uuid.UUID) -> None:
@@ -47,7 +37,9 @@ def test_costs_are_priced_at_event_time_and_given_costs_kept(db: Engine, tenant:
     r = write_batch(db, [before, after, given, unknown], Pricer())
     assert r.inserted == 4 and r.unpriced == 1
     with db.connect() as conn:
-        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+        costs: dict[str, Any] = dict(
+            conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all()
+        )
     assert costs[before["id"]] == 0.09 and costs[after["id"]] == 0.018
     assert costs[given["id"]] == 0.123456789
     assert costs[unknown["id"]] is None
@@ -117,7 +109,9 @@ def test_sql_looking_and_odd_strings_are_stored_verbatim(db: Engine, tenant: uui
     events = [event(tenant, operation=s, model=s[::-1]) for s in odd]
     assert write_batch(db, events, Pricer()).inserted == len(odd)
     with db.connect() as conn:
-        stored = dict(conn.execute(text("SELECT operation, model FROM ai_usage_logs")).all())
+        stored: dict[str, str] = dict(
+            conn.execute(text("SELECT operation, model FROM ai_usage_logs")).all()
+        )
     assert stored == {s: s[::-1] for s in odd}
 
 

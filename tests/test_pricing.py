@@ -166,3 +166,30 @@ def test_malformed_overrides_name_the_variable(tmp_path: Path) -> None:
         load_overrides(write_overrides(tmp_path, [{"model": "x"}]))
     with pytest.raises(ConfigError, match="^AI_USAGE_PRICE_OVERRIDES: cannot read"):
         load_overrides(str(tmp_path / "missing.json"))
+
+
+def test_unpriced_usage_details_keep_the_fast_path_and_its_result() -> None:
+    """Details a price does not price (Gemini's modality counts, reasoning tokens on most
+    models) change nothing in genai-prices' result; the fast path then gives that same result
+    without genai-prices' 300 us calculation. A priced detail goes to genai-prices."""
+    from worker.ledger.pricing import Usage as FullUsage
+    from worker.ledger.pricing import _shape, find_model
+
+    when = dt.datetime(2026, 9, 1, tzinfo=UTC)
+    details = {
+        "input_text_tokens": 900,
+        "cache_text_read_tokens": 400,
+        "output_reasoning_tokens": 50,
+    }
+    usage = FullUsage(1_000, 200, 400, 0, details)
+    for model in ("gemini-2.5-flash", "gpt-5", "claude-sonnet-4-5"):
+        mp = find_model(model, None).get_prices(when)
+        shape = _shape(mp)
+        assert shape.covers(details), model
+        expected = calc_price(
+            Usage(input_tokens=1_000, output_tokens=200, cache_read_tokens=400, **details),
+            model, genai_request_timestamp=when,
+        ).total_price  # fmt: skip
+        assert Pricer().price_usage(model, None, usage, when) == expected == shape.price(usage)
+    audio = find_model("gemini-2.5-flash", None).get_prices(when)  # prices audio input
+    assert not _shape(audio).covers({"input_audio_tokens": 10})

@@ -255,7 +255,9 @@ def test_reprice_fills_only_null_costs_and_refreshes_rollups(
     result = reprice(db, Pricer(load_overrides(str(overrides))))
     assert (result.priced, result.still_unpriced, result.months) == (3, 1, [month])
     with db.connect() as conn:
-        costs = dict(conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all())
+        costs: dict[object, Any] = dict(
+            conn.execute(text("SELECT id::text, cost_usd FROM ai_usage_logs")).all()
+        )
     assert [costs[e["id"]] for e in unknown] == [2.0, 2.0, 2.0]
     assert costs[given["id"]] == 7.0 and costs[other["id"]] is None
     row = load_report(db, month).rows[0]

@@ -131,7 +131,7 @@ def test_cache_fields_sent_by_plain_send_task_land_priced(
         "ai_usage.record_batch", args=[[batched]], queue="ai_usage", serializer="json"
     )
     producer.close()
-    one, two = stored(db, [single["id"], batched["id"]])
+    one, two = stored(db, [str(single["id"]), str(batched["id"])])
     check(
         one,
         {"input_tokens": 8000, "cache_write_tokens": 6000, "output_tokens": 400}

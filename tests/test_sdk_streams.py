@@ -96,8 +96,8 @@ def test_sync_streams_pass_through_and_record_at_the_end(db: Engine, tenant: uui
 
     client = wire.openai_client(responses_sse(), wire.SSE)
     events = client.responses.create(model="gpt-5", input="Hi", stream=True)
-    kinds = [e.type for e in usage.track_stream(events, **f(operation="responses-raw"))]
-    assert kinds[-1] == "response.completed"
+    types = [e.type for e in usage.track_stream(events, **f(operation="responses-raw"))]
+    assert types[-1] == "response.completed"
 
     manager = wire.openai_client(responses_sse(), wire.SSE).responses.stream(
         model="gpt-5", input="Hi"
@@ -115,11 +115,11 @@ def test_sync_streams_pass_through_and_record_at_the_end(db: Engine, tenant: uui
     bedrock_usage |= {"cacheReadInputTokens": 8000, "cacheWriteInputTokens": 1000}
     model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
     result = wire.converse_stream(bedrock_usage, model)
-    kinds = [
+    names = [
         next(iter(e))
         for e in usage.track_stream(result, **f(operation="bedrock-stream", model=model))
     ]
-    assert kinds == ["messageStart", "contentBlockDelta", "messageStop", "metadata"]
+    assert names == ["messageStart", "contentBlockDelta", "messageStop", "metadata"]
 
     stored = by_operation(db, recorder)
     for name in ("anthropic-raw", "anthropic-manager"):
@@ -185,7 +185,11 @@ def test_async_streams_record_exactly_as_the_sync_ones(db: Engine, tenant: uuid.
 def test_stream_events_given_one_by_one_and_in_every_form(db: Engine, tenant: uuid.UUID) -> None:
     # Newer Anthropic API versions repeat the cumulative input and cache counts in
     # message_delta (and only there the server tools used): the delta overwrites the start.
-    delta = {"output_tokens": 500, "input_tokens": 1000, "cache_read_input_tokens": 9000}
+    delta: dict[str, Any] = {
+        "output_tokens": 500,
+        "input_tokens": 1000,
+        "cache_read_input_tokens": 9000,
+    }
     delta |= {"server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0}}
     recorder = Recorder(tenant)
     client = wire.anthropic_client(anthropic_sse(delta), wire.SSE)

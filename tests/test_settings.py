@@ -111,3 +111,21 @@ def test_redact_url() -> None:
     assert redact_url("redis://:hunter2@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_host_applications_variables_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker deployed beside an application shares its environment: only AI_USAGE_* (and the
+    # documented URLs) are ours, never a setting's bare field name.
+    for var, value in {"LOG_LEVEL": "CRITICAL", "LOG_FORMAT": "pretty", "METRICS_PORT": "x",
+                       "SCHEMA_MODE": "mine", "BATCH_MAX_EVENTS": "-1"}.items():  # fmt: skip
+        monkeypatch.setenv(var, value)
+    s = load_settings()
+    assert (s.log_level, s.log_format, s.metrics_port, s.schema_mode) == (
+        "INFO",
+        "text",
+        0,
+        "standalone",
+    )
+    monkeypatch.setenv("AI_USAGE_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("AI_USAGE_SCHEMA", "host")
+    assert (load_settings().log_level, load_settings().schema_mode) == ("DEBUG", "host")

@@ -5,6 +5,7 @@ references dead-lettered in one pass, and no zero-token row shown as free."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import uuid
@@ -16,6 +17,7 @@ from genai_prices import Usage, calc_price
 from sqlalchemy import Engine, text
 
 from tests.conftest import count_rows, make_tenant
+from tests.factories import event as factory
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
 from worker.ledger.rollups import reprice, run_rollup
@@ -24,18 +26,10 @@ WHEN = "2026-11-20T10:00:00Z"
 AT = dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
 
 
-def event(tenant: uuid.UUID, **over: Any) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "tenant_id": str(tenant),
-        "operation": "summarise",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 10_000,
-        "output_tokens": 500,
-        "created_at": WHEN,
-    }
-    e.update(over)
-    return e
+event = functools.partial(
+    factory, operation="summarise", model="claude-sonnet-4-5", input_tokens=10_000,
+    output_tokens=500, created_at=WHEN,
+)  # fmt: skip
 
 
 def stored(db: Engine, event_id: str) -> dict[str, Any]:

@@ -78,6 +78,63 @@ def record_write(
     WRITE_SECONDS.observe(seconds)
 
 
+QUEUE_DEPTH = Gauge(
+    "ai_usage_queue_depth_messages",
+    "Messages waiting in the ingest queue (every priority).",
+    multiprocess_mode="max",
+)
+UNACKED = Gauge(
+    "ai_usage_unacked_messages",
+    "Messages taken by workers and not yet acknowledged.",
+    multiprocess_mode="max",
+)
+STALE_UNACKED = Gauge(
+    "ai_usage_unacked_stale_messages",
+    "Messages unacknowledged past the visibility timeout and a sweep: nobody restores them.",
+    multiprocess_mode="max",
+)
+OLDEST_AGE = Gauge(
+    "ai_usage_oldest_message_age_seconds",
+    "Age of the oldest waiting message (0 when the queue is empty).",
+    multiprocess_mode="max",
+)
+SET_ASIDE = Gauge(
+    "ai_usage_undecodable_items",
+    "Items set aside in the undecodable list.",
+    multiprocess_mode="max",
+)
+HELD_EVENTS = Gauge(
+    "ai_usage_worker_held_events",
+    "Events this worker has taken and not yet acknowledged.",
+    multiprocess_mode="liveall",
+)
+HEARTBEAT = Gauge(
+    "ai_usage_worker_heartbeat_timestamp_seconds",
+    "Unix time of this worker's last heartbeat.",
+    multiprocess_mode="max",
+)
+
+
+def record_backlog(
+    *,
+    depth: int,
+    unacked: int,
+    stale_unacked: int,
+    oldest_age_s: float | None,
+    set_aside: int,
+    held_events: int,
+    at: float,
+) -> None:
+    """Set the queue gauges from one reading (the worker's heartbeat)."""
+    QUEUE_DEPTH.set(depth)
+    UNACKED.set(unacked)
+    STALE_UNACKED.set(stale_unacked)
+    OLDEST_AGE.set(oldest_age_s or 0.0)
+    SET_ASIDE.set(set_aside)
+    HELD_EVENTS.set(held_events)
+    HEARTBEAT.set(at)
+
+
 def prune_dead_process_files() -> None:
     """Remove multiprocess files (`<kind>_<pid>.db`) of processes that are gone."""
     if not _MULTIPROC_DIR:

@@ -9,7 +9,7 @@ import functools
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.client.envelope import QUEUE
@@ -34,11 +34,12 @@ WORKER_ARGS = (
 
 
 class Settings(BaseSettings):
-    """All settings of the worker, beat, CLI and client."""
+    """All settings of the worker, beat and CLI (the client reads none of them)."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
-    )
+    # Each setting is read from its variable only (the alias), never from its field name: a
+    # host application's LOG_LEVEL or LOG_FORMAT is not ours (pydantic-settings reads the field
+    # name too under populate_by_name).
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
@@ -71,6 +72,8 @@ class Settings(BaseSettings):
     )
     #: Longest pause between two attempts to write while the database is down.
     db_retry_max_s: float = Field(10.0, gt=0, validation_alias="AI_USAGE_DB_RETRY_MAX_S")
+    #: `ai-usage check` fails when the oldest waiting message is older than this.
+    check_queue_age_s: float = Field(600.0, gt=0, validation_alias="AI_USAGE_CHECK_QUEUE_AGE_S")
     #: Seconds between two Beat runs of ai_usage.rollup_monthly.
     rollup_interval_s: float = Field(300.0, ge=1, validation_alias="AI_USAGE_ROLLUP_INTERVAL_S")
     #: JSON file of operator price overrides (see README, Pricing). Empty: none.
@@ -82,9 +85,15 @@ class Settings(BaseSettings):
     beat_scheduler: Literal["default", "redbeat"] = Field(
         "default", validation_alias="AI_USAGE_BEAT_SCHEDULER"
     )
+    #: Who owns the schema: `standalone`, `host` (a host application's database, our own
+    #: version table) or `copied` (our revisions copied into the host's chain). README,
+    #: "Owning the schema"; the values are worker.ledger.db.SchemaMode.
+    schema_mode: Literal["standalone", "host", "copied"] = Field(
+        "standalone", validation_alias="AI_USAGE_SCHEMA"
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("AI_USAGE_LOG_LEVEL", "LOG_LEVEL")
+        "INFO", validation_alias="AI_USAGE_LOG_LEVEL"
     )
 
     @field_validator("database_url")

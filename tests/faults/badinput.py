@@ -83,6 +83,7 @@ _not_datetime = st.one_of(
 @st.composite
 def wrong_type(draw: st.DrawFn) -> Bad:
     field = draw(st.sampled_from((*UUID_FIELDS, *LABELS, *COUNTS, "cost_usd", "success")))
+    value: object
     if field in UUID_FIELDS:
         value = draw(_not_uuid)
         if field in REQUIRED:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import Landed, Stack, build_stack
+from tests.conftest import Landed
+from tests.faults.support import Stack, build_stack
 
 
 @dataclass

@@ -63,9 +63,11 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def good_event(tenant_id: uuid.UUID | str, rng: random.Random | None = None, **over: Any) -> dict:
+def good_event(
+    tenant_id: uuid.UUID | str, rng: random.Random | None = None, **over: Any
+) -> dict[str, Any]:
     """A valid event in its JSON (message) form, with a fresh id."""
-    rng = rng or random
+    rng = rng or random.Random()
     inp, out = rng.randint(1, 5000), rng.randint(1, 5000)
     event: dict[str, Any] = {
         "id": str(uuid.uuid4()),
@@ -95,7 +97,9 @@ def producer_app(broker_url: str) -> Celery:
     return app
 
 
-def send(app: Celery, name: str, args: Sequence[Any] = (), kwargs: dict | None = None) -> None:
+def send(
+    app: Celery, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+) -> None:
     """Publish one message to the ai_usage queue; returns once Redis holds it (LPUSH done)."""
     app.send_task(
         name, args=list(args), kwargs=kwargs or {}, queue=QUEUE, routing_key=QUEUE, retry=False
@@ -107,7 +111,7 @@ class PacedSender:
     """A thread that publishes `batches` (record_batch messages) at `per_second` messages/s."""
 
     app: Celery
-    batches: list[list[dict]]
+    batches: list[list[dict[str, Any]]]
     per_second: float
     errors: list[BaseException] = field(default_factory=list)
     thread: threading.Thread | None = None
@@ -194,7 +198,7 @@ class Stack:
         """(messages waiting in the ai_usage queue, messages delivered but unacknowledged)."""
         client = redis.Redis.from_url(self.redis_url)
         try:
-            return int(client.llen(QUEUE)), int(client.hlen("unacked"))
+            return int(client.llen(QUEUE)), int(client.hlen("unacked"))  # type: ignore[arg-type]
         finally:
             client.close()
 

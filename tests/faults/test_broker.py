@@ -19,7 +19,7 @@ import os
 import random
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -28,6 +28,9 @@ from sqlalchemy import text
 from tests.conftest import wait_for
 from tests.faults.support import RECORD_BATCH, Stack, good_event, producer_app, send
 from worker.client.envelope import escape_json, redis_envelope
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -157,7 +160,7 @@ def hostile_corpus(tenant: uuid.UUID, rng: random.Random) -> dict[str, tuple[byt
     return corpus
 
 
-def accounted(stack: Stack, broker: redis.Redis, nonces: dict[str, str]) -> dict[str, str]:
+def accounted(stack: Stack, broker: Any, nonces: dict[str, str]) -> dict[str, str]:
     """For each hostile item (by name), where it ended: 'aside' or 'dead letter'; missing
     names were lost."""
     aside_text = [x.decode("utf-8", "replace") for x in broker.lrange(ASIDE, 0, -1)]
@@ -192,12 +195,12 @@ def accounted(stack: Stack, broker: redis.Redis, nonces: dict[str, str]) -> dict
 
 
 def test_hostile_envelopes_never_stop_a_worker_and_nothing_is_lost(
-    stack: Stack, fault_summary
+    stack: Stack, fault_summary: Summary
 ) -> None:
     rng = random.Random(21)
     tenant = stack.tenant("hostile")
     app = producer_app(stack.redis_url)
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     corpus = hostile_corpus(tenant, rng)
     good = [good_event(tenant, rng) for _ in range(len(corpus) * 3)]
     env = stack.env(AI_USAGE_VISIBILITY_TIMEOUT="10")
@@ -254,7 +257,7 @@ def lock_writes(stack: Stack) -> Any:
     return conn
 
 
-def unacked_events(broker: redis.Redis) -> int:
+def unacked_events(broker: Any) -> int:
     """Events in the messages recorded as unacknowledged (by their ai_usage_events header)."""
     total = 0
     for record in broker.hvals("unacked"):
@@ -263,12 +266,14 @@ def unacked_events(broker: redis.Redis) -> int:
     return total
 
 
-def test_repeated_producer_tags_never_alias_under_kill_9(stack: Stack, fault_summary) -> None:
+def test_repeated_producer_tags_never_alias_under_kill_9(
+    stack: Stack, fault_summary: Summary
+) -> None:
     """celery-ts stamps every message `delivery_tag: "celery"`: the worker's own tags keep
     each held message's recovery entry apart, so a kill -9 loses none."""
     rng = random.Random(22)
     tenant = stack.tenant("tags")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     events = [good_event(tenant, rng) for _ in range(6)]
     env = stack.env(AI_USAGE_VISIBILITY_TIMEOUT="10")
     lock = lock_writes(stack)
@@ -290,10 +295,10 @@ def test_repeated_producer_tags_never_alias_under_kill_9(stack: Stack, fault_sum
     broker.close()
 
 
-def test_two_workers_hold_at_most_twice_the_bound(stack: Stack, fault_summary) -> None:
+def test_two_workers_hold_at_most_twice_the_bound(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(23)
     tenant = stack.tenant("bounded")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     bound = 2_000
     for _ in range(400):
         events = [good_event(tenant, rng) for _ in range(500)]
@@ -324,10 +329,10 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def test_sigterm_writes_what_the_worker_holds(stack: Stack, fault_summary) -> None:
+def test_sigterm_writes_what_the_worker_holds(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(24)
     tenant = stack.tenant("drain")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     app = producer_app(stack.redis_url)
     # A batch that would wait a minute before it is written: only the drain writes it.
     worker = stack.start_worker(AI_USAGE_BATCH_MAX_WAIT_MS="60000")
@@ -347,7 +352,7 @@ def test_sigterm_writes_what_the_worker_holds(stack: Stack, fault_summary) -> No
 def test_sigterm_with_a_stuck_write_hands_messages_back_at_once(stack: Stack) -> None:
     rng = random.Random(25)
     tenant = stack.tenant("stuck")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     app = producer_app(stack.redis_url)
     env = stack.env(AI_USAGE_SHUTDOWN_DRAIN_S="3", AI_USAGE_VISIBILITY_TIMEOUT="600")
     events = [good_event(tenant, rng) for _ in range(200)]
@@ -374,14 +379,14 @@ def test_sigterm_with_a_stuck_write_hands_messages_back_at_once(stack: Stack) ->
     broker.close()
 
 
-def test_redis_restart_while_messages_are_held(stack: Stack, fault_summary) -> None:
+def test_redis_restart_while_messages_are_held(stack: Stack, fault_summary: Summary) -> None:
     """The worker holds messages it cannot write yet (writes blocked) when Redis restarts:
     celery/kombu 5.7 closed the broken connection and then restored those messages through
     it (`'NoneType' object has no attribute 'hostname'`, an unrecoverable error). The worker
     must reconnect, keep them, write them once, and lose none."""
     rng = random.Random(26)
     tenant = stack.tenant("held-restart")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     app = producer_app(stack.redis_url)
     events = [good_event(tenant, rng) for _ in range(100)]
     env = stack.env(AI_USAGE_VISIBILITY_TIMEOUT="10")

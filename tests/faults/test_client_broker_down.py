@@ -8,12 +8,16 @@ import gc
 import random
 import resource
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import wait_for
 from tests.faults.support import Stack, good_event
 from worker.client import UsageClient
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -22,7 +26,7 @@ MAX_QUEUE = 1_000
 BATCH = 100
 
 
-def test_client_with_broker_down(stack: Stack, fault_summary) -> None:
+def test_client_with_broker_down(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(5)
     tenant = stack.tenant("client")
     stack.redis.stop()  # the broker is down from the first call on

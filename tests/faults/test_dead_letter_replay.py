@@ -8,12 +8,16 @@ import json
 import random
 import re
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import wait_for
 from tests.faults.support import RECORD_BATCH, Stack, good_event, producer_app, send
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -26,7 +30,7 @@ def _dead(stack: Stack) -> dict[str, tuple[str, int, str | None]]:
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def test_dead_letter_list_and_replay(stack: Stack, fault_summary) -> None:
+def test_dead_letter_list_and_replay(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(9)
     known = stack.tenant("known")
     late, never, half = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

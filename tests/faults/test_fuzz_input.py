@@ -10,9 +10,10 @@ import random
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from celery import Celery
 from sqlalchemy import text
 
 from tests.faults.badinput import KNOWN, RESERVED, STRATEGIES, draw_many
@@ -20,6 +21,9 @@ from tests.faults.support import RECORD, RECORD_BATCH, Stack, good_event, produc
 from worker.client import UsageClient
 from worker.client.errors import InvalidEvent
 from worker.client.events import parse_event
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -62,7 +66,9 @@ def names(exc: InvalidEvent, field: str) -> bool:
     return normalised(exc.field) == field or (field not in KNOWN and ascii(field)[1:-1] in str(exc))
 
 
-def build_payloads(tenant: uuid.UUID, rng: random.Random) -> tuple[list, list, Counter, list]:
+def build_payloads(
+    tenant: uuid.UUID, rng: random.Random
+) -> tuple[list[Any], list[Any], Counter[str | None], list[Any]]:
     """(good events, bad payloads with their expected field, expected fields, oracle misses)."""
     bad: list[tuple[Any, str | None]] = []
     kinds = dict(PER_KIND)
@@ -96,7 +102,7 @@ def build_payloads(tenant: uuid.UUID, rng: random.Random) -> tuple[list, list, C
     return good, bad, expected, misses
 
 
-def publish(app, good: list, bad: list, rng: random.Random) -> int:
+def publish(app: Celery, good: list[Any], bad: list[Any], rng: random.Random) -> int:
     """Send everything; returns the number of messages."""
     singles = [e for e, _ in bad[:1_000] if isinstance(e, dict)] + good[:1_000]
     batched = (
@@ -124,7 +130,7 @@ def publish(app, good: list, bad: list, rng: random.Random) -> int:
     return messages
 
 
-def test_fuzzed_bad_input(stack: Stack, fault_summary) -> None:
+def test_fuzzed_bad_input(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(6)
     tenant = stack.tenant("fuzz")
     good, bad, expected, misses = build_payloads(tenant, rng)
@@ -176,14 +182,14 @@ def _uuid(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def test_client_refuses_bad_values_naming_the_field(fault_summary) -> None:
+def test_client_refuses_bad_values_naming_the_field(fault_summary: Summary) -> None:
     """The client validates at the call site: InvalidEvent (a ValueError) whose message starts
     with the field name, and nothing is published."""
-    published: list = []
+    published: list[Any] = []
     client = UsageClient(mode="sync", publisher=lambda *a: published.append(a))
     rng = random.Random(7)
     tenant = uuid.uuid4()
-    checked = Counter()
+    checked: Counter[str] = Counter()
     wrong: list[str] = []
     for kind, strategy in STRATEGIES.items():
         if kind in ("missing field", "unknown field"):
@@ -201,7 +207,7 @@ def test_client_refuses_bad_values_naming_the_field(fault_summary) -> None:
                     wrong.append(f"{kind}/{case.field}: {exc}"[:120])
             checked[kind] += 1
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
-        client.record(**good_event(tenant), colour="red")
+        client.record(**good_event(tenant), colour="red")  # type: ignore[call-arg]
     with pytest.raises(InvalidEvent, match=r"^operation: "):
         client.record(**good_event(tenant, operation="x" * 10_000_000))
     assert not published

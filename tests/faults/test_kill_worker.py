@@ -13,10 +13,12 @@ window deterministically.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,6 +32,9 @@ from tests.faults.support import (
     send,
 )
 
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
+
 pytestmark = pytest.mark.faults
 
 EVENTS = 50_000
@@ -40,7 +45,7 @@ VISIBILITY_S = 10
 KILL_AT = (8_000, 20_000, 32_000)
 
 
-def test_kill_9_worker_three_times(stack: Stack, fault_summary) -> None:
+def test_kill_9_worker_three_times(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(1)
     tenants = [stack.tenant(f"kill-{i}") for i in range(3)]
     events = [good_event(rng.choice(tenants), rng) for _ in range(EVENTS)]
@@ -58,7 +63,11 @@ def test_kill_9_worker_three_times(stack: Stack, fault_summary) -> None:
     sender = PacedSender(producer_app(stack.redis_url), batches, per_second=25).start()
     held_at_kill: list[int] = []
     for threshold in KILL_AT:
-        wait_for(lambda t=threshold: stack.rows() >= t, 180, what=f"{threshold} rows stored")
+        wait_for(
+            functools.partial(lambda t: stack.rows() >= t, threshold),
+            180,
+            what=f"{threshold} rows stored",
+        )
         # No pause: the producer keeps publishing, the worker is wherever it happens to be.
         held_at_kill.append(stack.broker_backlog()[1])
         worker.kill()
@@ -81,7 +90,7 @@ def test_kill_9_worker_three_times(stack: Stack, fault_summary) -> None:
     assert got.table_rows == EVENTS, got
 
 
-def test_kill_9_while_waiting_for_a_message(stack: Stack, fault_summary) -> None:
+def test_kill_9_while_waiting_for_a_message(stack: Stack, fault_summary: Summary) -> None:
     """An idle worker is frozen (SIGSTOP) while its wait for a message is outstanding, one
     message is published, and the worker is killed before it runs again. With kombu's BRPOP,
     Redis handed the message to the frozen worker's socket and it was gone; now it must still

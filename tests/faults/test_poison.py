@@ -16,7 +16,7 @@ import base64
 import json
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -24,21 +24,26 @@ import redis
 from tests.conftest import wait_for
 from tests.faults.support import RECORD, RECORD_BATCH, Stack, good_event, producer_app, send
 
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
+
 pytestmark = pytest.mark.faults
 
 
-def aside_records(broker: redis.Redis) -> list[dict[str, Any]]:
+def aside_records(broker: Any) -> list[dict[str, Any]]:
     """The records of the undecodable list: each the item set aside and its reason."""
     return [json.loads(x) for x in broker.lrange("ai_usage.undecodable", 0, -1)]
 
 
-def aside_items(broker: redis.Redis) -> list[str]:
+def aside_items(broker: Any) -> list[str]:
     records = aside_records(broker)
     assert all(r["reason"] for r in records)
     return [r["item"] for r in records]
 
 
-def test_undeadletterable_events_do_not_stop_ingestion(stack: Stack, fault_summary) -> None:
+def test_undeadletterable_events_do_not_stop_ingestion(
+    stack: Stack, fault_summary: Summary
+) -> None:
     rng = random.Random(10)
     tenant = stack.tenant("poison")
     worker = stack.start_worker()
@@ -61,7 +66,9 @@ def test_undeadletterable_events_do_not_stop_ingestion(stack: Stack, fault_summa
     assert dead == len(poison)
 
 
-def test_a_foreign_message_does_not_lose_its_neighbours(stack: Stack, fault_summary) -> None:
+def test_a_foreign_message_does_not_lose_its_neighbours(
+    stack: Stack, fault_summary: Summary
+) -> None:
     rng = random.Random(11)
     tenant = stack.tenant("neighbours")
     app = producer_app(stack.redis_url)
@@ -69,7 +76,7 @@ def test_a_foreign_message_does_not_lose_its_neighbours(stack: Stack, fault_summ
     # Queued before any worker runs: the first message comes by BRPOP, the rest by bulk pop.
     for event in events[:50]:
         send(app, RECORD_BATCH, [[event]])
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     broker.lpush("ai_usage", "this is not a kombu message")
     for event in events[50:]:
         send(app, RECORD_BATCH, [[event]])
@@ -82,7 +89,9 @@ def test_a_foreign_message_does_not_lose_its_neighbours(stack: Stack, fault_summ
     broker.close()
 
 
-def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_summary) -> None:
+def test_a_foreign_message_alone_does_not_stop_the_worker(
+    stack: Stack, fault_summary: Summary
+) -> None:
     """An item that is not JSON reaching an idle worker raised out of its event loop (kombu's
     BRPOP path, before the take script): the worker exited. It must be set aside instead."""
     rng = random.Random(15)
@@ -90,7 +99,7 @@ def test_a_foreign_message_alone_does_not_stop_the_worker(stack: Stack, fault_su
     worker = stack.start_worker()
     assert worker.proc is not None
     pid = worker.proc.pid
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     broker.lpush("ai_usage", b"\x80 not json, not utf-8")
     time.sleep(2)
     events = [good_event(tenant, rng) for _ in range(10)]
@@ -126,7 +135,9 @@ def _hostile_items() -> dict[str, bytes]:
     }
 
 
-def test_hostile_queue_items_never_stop_or_block_a_worker(stack: Stack, fault_summary) -> None:
+def test_hostile_queue_items_never_stop_or_block_a_worker(
+    stack: Stack, fault_summary: Summary
+) -> None:
     """Found in review: the take script recorded any item with a delivery tag as unacked (kombu
     then raised building the message, and again restoring it at every later start), could
     raise after its RPOP on NaN, and a body that is not [args, kwargs, embed] raised out of
@@ -134,7 +145,7 @@ def test_hostile_queue_items_never_stop_or_block_a_worker(stack: Stack, fault_su
     rng = random.Random(16)
     tenant = stack.tenant("hostile")
     app = producer_app(stack.redis_url)
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     events = [good_event(tenant, rng) for _ in range(70)]
     hostile = _hostile_items()
     chunks = [events[i : i + 10] for i in range(0, 70, 10)]
@@ -172,7 +183,7 @@ def test_an_unrestorable_unacked_entry_does_not_stop_workers_starting(stack: Sta
     raised there, so every worker start failed. It is set aside instead."""
     rng = random.Random(17)
     tenant = stack.tenant("restore")
-    broker = redis.Redis.from_url(stack.redis_url)
+    broker: Any = redis.Redis.from_url(stack.redis_url)
     broker.hset("unacked", "bad-1", b'[{"body": 0x1F}, "", "ai_usage"]')
     broker.zadd("unacked_index", {"bad-1": 1.0})  # expired long ago
     event = good_event(tenant, rng)

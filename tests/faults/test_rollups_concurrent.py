@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import text
@@ -18,6 +19,9 @@ from tests.faults.support import PacedSender, Stack, celery_cmd, good_event, pro
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import default_pricer
 from worker.ledger.rollups import month_start, run_rollup
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -36,14 +40,14 @@ FROM ai_usage_monthly_rollups
 """
 
 
-def spec_vs_rollups(stack: Stack) -> tuple[dict, dict]:
+def spec_vs_rollups(stack: Stack) -> tuple[dict[Any, Any], dict[Any, Any]]:
     with stack.engine.connect() as conn:
         spec = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(text(SPEC))}
         rolled = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(text(ROLLUPS))}
     return spec, rolled
 
 
-def _diff(spec: dict, rolled: dict) -> list:
+def _diff(spec: dict[Any, Any], rolled: dict[Any, Any]) -> list[Any]:
     keys = set(spec) | set(rolled)
     return sorted(
         ((str(k[0])[:8], str(k[1])), spec.get(k), rolled.get(k))
@@ -65,7 +69,7 @@ def _when(rng: random.Random) -> str:
     return dt.datetime(month.year, month.month, rng.randint(1, 28), tzinfo=dt.UTC).isoformat()
 
 
-def test_two_beats_and_concurrent_rollups(stack: Stack, fault_summary) -> None:
+def test_two_beats_and_concurrent_rollups(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(8)
     tenants = [stack.tenant(f"rollup-{i}") for i in range(4)]
     events = [good_event(rng.choice(tenants), rng, created_at=_when(rng)) for _ in range(20_000)]

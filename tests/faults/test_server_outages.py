@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -21,12 +23,15 @@ from tests.faults.support import (
 )
 from worker.client import UsageClient
 
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
+
 pytestmark = pytest.mark.faults
 
 PER_MESSAGE = 100
 
 
-def test_postgres_down_30s(stack: Stack, fault_summary) -> None:
+def test_postgres_down_30s(stack: Stack, fault_summary: Summary) -> None:
     rng = random.Random(2)
     tenants = [stack.tenant(f"pg-{i}") for i in range(3)]
     events = [good_event(rng.choice(tenants), rng) for _ in range(30_000)]
@@ -64,7 +69,7 @@ class _Publishers:
     returns once Redis holds it) and raw `record_batch` send_task calls. Each remembers which
     publishes were confirmed and which raised."""
 
-    def __init__(self, url: str, tenants: list, rate: float) -> None:
+    def __init__(self, url: str, tenants: list[uuid.UUID], rate: float) -> None:
         self.url, self.tenants, self.rate = url, tenants, rate
         self.confirmed: list[str] = []
         self.unconfirmed: list[str] = []
@@ -112,7 +117,7 @@ class _Publishers:
             time.sleep(10 / self.rate)
 
 
-def test_redis_restart(stack: Stack, fault_summary) -> None:
+def test_redis_restart(stack: Stack, fault_summary: Summary) -> None:
     tenants = [stack.tenant(f"redis-{i}") for i in range(3)]
     worker = stack.start_worker(AI_USAGE_VISIBILITY_TIMEOUT="10")
     assert worker.proc is not None

@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
@@ -17,6 +18,9 @@ from tests.faults.support import Stack, celery_cmd, good_event, pings
 from worker.client import UsageClient
 from worker.dev.embedded import free_port
 from worker.settings import WORKER_ARGS
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import Summary
 
 pytestmark = pytest.mark.faults
 
@@ -57,7 +61,7 @@ def _make_certs(d: Path) -> None:
              "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)  # fmt: skip
 
 
-def test_rediss_with_certificate_verification(stack: Stack, fault_summary) -> None:
+def test_rediss_with_certificate_verification(stack: Stack, fault_summary: Summary) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed: cannot make test certificates")
     binary = _tls_redis_server()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import deadletters, ops, report
+from worker.cli import deadletters, ops, report, undecodable
 from worker.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
@@ -28,7 +28,7 @@ def build_parser() -> Parser:
     p = Parser(prog="ai-usage", description="AI usage metering pipeline.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (report, deadletters, ops):
+    for module in (report, deadletters, ops, undecodable):
         module.register(sub)
     return p
 

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -71,6 +72,8 @@ def redis_envelope(task: str, body: str, events: int | None = None) -> str:
                 "kwargsrepr": None,
                 "origin": _ORIGIN,
                 "ignore_result": True,
+                # When it was sent: `ai-usage check` reads the oldest message's age from it.
+                "ai_usage_sent_at": round(time.time(), 3),
                 **({"ai_usage_events": events} if events else {}),
             },
             "properties": {

@@ -38,6 +38,7 @@ from worker.client.envelope import (
     new_id,
     redis_envelope,
 )
+from worker.client.errors import ConfigError
 from worker.client.events import UsageEvent, parse_event
 from worker.client.tracking import TrackingMixin, UsageTracker, extract_usage
 
@@ -46,6 +47,14 @@ __all__ = ["UsageClient", "UsageTracker", "extract_usage"]
 log = logging.getLogger(__name__)
 
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
+
+#: A burst of drops (past max_queue) is logged as one line with its count per this interval.
+DROP_LOG_EVERY_S = 10.0
+#: Connect and read timeout of the client's Redis connection.
+SOCKET_TIMEOUT_S = 2.0
+
+#: The one environment variable the client reads (the broker, when `broker_url` is not given).
+BROKER_URL_VARIABLE = "AI_USAGE_BROKER_URL"
 
 
 class UsageClient(TrackingMixin):
@@ -65,7 +74,9 @@ class UsageClient(TrackingMixin):
         redis_client: Any = None,
         publisher: Callable[[str, list[Any], dict[str, Any]], None] | None = None,
     ) -> None:
-        """`broker_url` defaults to the settings' broker (CELERY_BROKER_URL or REDIS_URL).
+        """`broker_url` defaults to AI_USAGE_BROKER_URL. The client reads nothing else of the
+        environment (never the application's REDIS_URL, DATABASE_URL or LOG_LEVEL); without
+        either, and without `redis_client` or `publisher`, it raises ConfigError here.
         `registry`: a prometheus_client registry to expose drops and buffer depth in.
         `redis_client`: a redis-py client to publish with instead of one made from the URL.
         `publisher(task_name, args, kwargs)`: replaces Redis publishing altogether.
@@ -78,7 +89,9 @@ class UsageClient(TrackingMixin):
         self.max_queue = max_queue
         self.retry_max_s = retry_max_s
         self.exit_timeout_s = exit_timeout_s
-        self._broker_url = broker_url
+        self._broker_url = broker_url or os.environ.get(BROKER_URL_VARIABLE) or None
+        if self._broker_url is None and redis_client is None and publisher is None:
+            raise ConfigError(f"broker_url: not given, and {BROKER_URL_VARIABLE} is not set")
         self._given_redis = redis_client
         self._publisher = publisher
         self._app: Any = None
@@ -169,16 +182,8 @@ class UsageClient(TrackingMixin):
     def _enqueue(self, event: UsageEvent) -> None:
         if self._pid != os.getpid():
             self._start_buffer()  # forked: the parent's thread does not exist here
-        if len(self._queue) >= self.max_queue:
-            self.dropped += 1
-            if self._dropped_metric is not None:
-                self._dropped_metric.inc()
-            log.warning(
-                "usage event %s dropped: client buffer full (%d events); %d dropped so far",
-                event.id,
-                self.max_queue,
-                self.dropped,
-            )
+        if len(self._queue) >= self.max_queue or self._finalized:
+            self._count_dropped(1, "client buffer full")
             return
         # Escaped here, a few microseconds per event, so that the publishing thread never has
         # to escape a whole batch while holding the GIL (see _publish_raw).
@@ -203,6 +208,12 @@ class UsageClient(TrackingMixin):
         self._idle = threading.Condition()
         self._stop = False
         self._drain = False  # set by flush(): publish partial batches too
+        # Set by close() at its deadline: from then on the counts are final, and nothing the
+        # thread (perhaps stuck in a socket call to a hung Redis) does changes them.
+        self._finalized = False
+        self._count_lock = threading.Lock()
+        self._unlogged_drops = 0
+        self._drops_logged_at = -DROP_LOG_EVERY_S
         self._thread: threading.Thread | None = None
         if self.mode == "background":
             self._thread = threading.Thread(target=self._run, name="ai-usage-client", daemon=True)
@@ -220,18 +231,25 @@ class UsageClient(TrackingMixin):
             # that a steady trickle is sent as few, large messages.
             drain = timed_out or self._stop or self._drain
             while self._queue and (drain or len(self._queue) >= self.batch_size):
-                batch: list[str] = []
-                while self._queue and len(batch) < self.batch_size:
-                    batch.append(self._queue.popleft())
-                self._in_flight = len(batch)
+                with self._count_lock:  # close() counts queue + in flight: never neither
+                    if self._finalized:
+                        return
+                    batch: list[str] = []
+                    while self._queue and len(batch) < self.batch_size:
+                        batch.append(self._queue.popleft())
+                    self._in_flight = len(batch)
                 body = "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
                 while True:
                     try:
                         self._publish_raw(RECORD_BATCH, body, len(batch))
                         failures = 0
-                        self.published += len(batch)
+                        with self._count_lock:
+                            if not self._finalized:
+                                self.published += len(batch)
                         break
                     except Exception as exc:
+                        if self._finalized:
+                            return  # close() counted this batch as dropped
                         failures += 1
                         self.publish_failures += 1
                         delay = min(self.retry_max_s, 0.1 * 2 ** min(failures, 16))
@@ -246,10 +264,14 @@ class UsageClient(TrackingMixin):
                             break
                         self._retry_now.wait(delay)
                         self._retry_now.clear()
-                self._in_flight = 0
+                with self._count_lock:
+                    if not self._finalized:
+                        self._in_flight = 0
                 if self._stop and time.monotonic() >= self._deadline:
                     self._give_up(list(self._queue))
                     self._queue.clear()
+            if self._finalized:
+                return  # close() gave up waiting and counted what was left
             if not self._queue:
                 self._drain = False
             with self._idle:
@@ -259,13 +281,32 @@ class UsageClient(TrackingMixin):
                 return
 
     def _give_up(self, events: list[str]) -> None:
-        if events:
-            self.dropped += len(events)
-            if self._dropped_metric is not None:
-                self._dropped_metric.inc(len(events))
-            log.error(
-                "%d usage events not published before the close deadline: dropped", len(events)
+        with self._count_lock:
+            if self._finalized:
+                return  # close() has already counted them
+            self._count_dropped(len(events), "not published before the close deadline")
+
+    def _count_dropped(self, n: int, why: str) -> None:
+        """Count `n` dropped events; log a summary at most once per DROP_LOG_EVERY_S (a burst
+        past max_queue is one line with its count, not one line per event)."""
+        if not n:
+            return
+        self.dropped += n
+        if self._dropped_metric is not None:
+            self._dropped_metric.inc(n)
+        self._unlogged_drops += n
+        now = time.monotonic()
+        if now - self._drops_logged_at >= DROP_LOG_EVERY_S or why != "client buffer full":
+            log.warning(
+                "%d usage events dropped (%s, max_queue=%d) since the last such line;"
+                " %d dropped in all",
+                self._unlogged_drops,
+                why,
+                self.max_queue,
+                self.dropped,
             )
+            self._unlogged_drops = 0
+            self._drops_logged_at = now
 
     def pending(self) -> int:
         """Events recorded but not yet published."""
@@ -288,8 +329,11 @@ class UsageClient(TrackingMixin):
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush with a deadline, then stop the thread. Events still unpublished are counted as
-        dropped and logged. Returns True if nothing was dropped."""
+        """Flush with a deadline, then stop the thread; returns within `timeout` (plus a few
+        milliseconds) whatever Redis does: down, hung or slow. The counts are final at return:
+        whatever was not confirmed published by then is counted in `dropped` and logged once
+        with its count (a batch whose LPUSH was still in flight may yet reach Redis; the worker
+        stores each event id once). Returns True if nothing was dropped."""
         if self._closed:
             return True
         self._closed = True
@@ -299,7 +343,14 @@ class UsageClient(TrackingMixin):
             self._stop = True
             self._wake.set()
             self._retry_now.set()
-            self._thread.join(timeout + 1)
+            self._thread.join(max(0.0, self._deadline - time.monotonic()))
+            with self._count_lock:
+                if not self._finalized:
+                    self._finalized = True
+                    left = len(self._queue) + self._in_flight
+                    self._queue.clear()
+                    self._in_flight = 0
+                    self._count_dropped(left, "not published before the close deadline")
         return self.dropped == dropped_before and not self.pending()
 
     # -- transport ---------------------------------------------------------------------------
@@ -343,13 +394,14 @@ class UsageClient(TrackingMixin):
             import redis
 
             url = self._broker_url
-            if url is None:
-                from worker.settings import get_settings
-
-                url = get_settings().broker_url
-            # Short timeouts: a broker outage must show up as an error to retry, not a hang.
+            assert url is not None  # __init__ refuses a client with nothing to publish to
+            # Short timeouts: a broker outage (or a hung Redis) is an error to retry, not a
+            # thread stuck for long; close() does not wait for it anyway (see close()).
             self._app = redis.Redis.from_url(
-                url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+                url,
+                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                health_check_interval=30,
             )
         return self._app
 

@@ -30,7 +30,9 @@ from celery import bootsteps
 from kombu import Consumer, Queue
 from kombu.transport import virtual
 
+from worker import metrics
 from worker.client.envelope import QUEUE
+from worker.consumer.backlog import HEARTBEAT_PREFIX, HEARTBEAT_TTL_S, read_backlog
 from worker.consumer.batcher import Batcher
 from worker.consumer.envelopes import (
     Events,
@@ -49,10 +51,7 @@ from worker.settings import PERIODIC_QUEUE, get_settings
 
 log = logging.getLogger(__name__)
 
-#: Redis keys `ai_usage.worker.<hostname>`, refreshed while a worker runs.
-HEARTBEAT_PREFIX = "ai_usage.worker."
 HEARTBEAT_EVERY_S = 10.0
-HEARTBEAT_TTL_S = 45
 
 
 class IngestStep(bootsteps.ConsumerStep):
@@ -233,21 +232,34 @@ class IngestStep(bootsteps.ConsumerStep):
             log.debug("unacked-message sweep failed", exc_info=True)
 
     def heartbeat(self) -> None:
-        """Refresh this worker's key (what it holds, and when), for `ai-usage check`."""
+        """Refresh this worker's key (what it holds, and when) for `ai-usage check`, and the
+        queue gauges from the same reading (the signals `check` fails on)."""
         channel = self._channel()
         if channel is None:
             return
+        now = time.time()
         state = {
             "hostname": self._hostname,
             "pid": os.getpid(),
             "held_events": self.batcher.held_events,
-            "at": time.time(),
+            "at": now,
         }
         try:
             with channel.conn_or_acquire() as client:
                 client.set(HEARTBEAT_PREFIX + self._hostname, json.dumps(state), ex=HEARTBEAT_TTL_S)
+                backlog = read_backlog(client, self.settings.visibility_timeout, now)
         except Exception:
             log.debug("heartbeat failed", exc_info=True)
+            return
+        metrics.record_backlog(
+            depth=backlog.depth,
+            unacked=backlog.unacked,
+            stale_unacked=backlog.stale_unacked,
+            oldest_age_s=backlog.oldest_age_s,
+            set_aside=backlog.set_aside,
+            held_events=self.batcher.held_events,
+            at=now,
+        )
 
     # -- shutdown ---------------------------------------------------------------------------
 

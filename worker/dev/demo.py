@@ -1,9 +1,12 @@
-"""`ai-usage run` (behind `make run`): the whole pipeline on one machine.
+"""`ai-usage run` (behind `make run`): the whole pipeline on one machine, as a demo.
 
-Starts embedded PostgreSQL and Redis under `.run/` unless DATABASE_URL / REDIS_URL are set,
-applies `alembic upgrade head`, runs a worker and a beat, feeds demo traffic for several tenants
-through the real client, and prints what landed and the monthly report. Then it stays up until
-Ctrl-C (or exits at once with --once), stopping every process it started.
+Starts embedded PostgreSQL and Redis under `./.run/` (or AI_USAGE_RUN_DIR) unless DATABASE_URL /
+REDIS_URL are set, applies the migrations, runs a worker and a beat, feeds demo traffic for
+several tenants through the real client, and prints what landed and the monthly report. Then it
+stays up until Ctrl-C (or exits at once with --once), stopping every process it started.
+
+It adds demo tenants and permanent demo events, so a server named by DATABASE_URL / REDIS_URL
+must be empty (`refusal()`), unless the CLI's --demo-into-existing says otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import uuid
 from pathlib import Path
 from types import FrameType
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import NullPool, create_engine, text
 
 from worker.ledger.db import migrate
 from worker.settings import WORKER_ARGS, normalise_database_url, redact_url
@@ -39,7 +42,45 @@ def _say(msg: str) -> None:
     print(f"[ai-usage run] {msg}", flush=True)
 
 
-def _demo(database_url: str, events: int) -> None:
+def refusal() -> str | None:
+    """Why the demo must not use the servers DATABASE_URL / REDIS_URL (CELERY_BROKER_URL) name:
+    a database with any table, a Redis db with any key. None when they are unset or empty."""
+    database_url = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
+    if database_url:
+        engine = create_engine(normalise_database_url(database_url), poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                tables = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_tables"
+                        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+                    )
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        if tables:
+            return (
+                f"the database at DATABASE_URL {redact_url(database_url)} has {_n(tables, 'table')}"
+            )
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            keys = int(client.dbsize())  # type: ignore[arg-type]
+        finally:
+            client.close()
+        if keys:
+            return f"the Redis db at {redact_url(redis_url)} holds {_n(keys, 'key')}"
+    return None
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _demo(database_url: str, broker_url: str, events: int) -> None:
     from worker.client import UsageClient
     from worker.ledger.report import load_report, render
     from worker.ledger.rollups import month_start, run_rollup
@@ -55,7 +96,7 @@ def _demo(database_url: str, events: int) -> None:
                 ).scalar_one()
             tenants.append(tid)
     rng = random.Random(42)
-    client = UsageClient()  # background mode, broker from REDIS_URL
+    client = UsageClient(broker_url)  # background mode
     ids: list[uuid.UUID] = []
     started = time.perf_counter()
     for _ in range(events):
@@ -105,7 +146,8 @@ def _demo(database_url: str, events: int) -> None:
 
 
 def run(once: bool, events: int, root: Path) -> int:
-    """Bring the stack up; see the module docstring."""
+    """Bring the stack up, the processes working in `root` (the state in `root/.run` unless
+    AI_USAGE_RUN_DIR); see the module docstring."""
     state = Path(os.environ.get("AI_USAGE_RUN_DIR") or root / ".run")
     state.mkdir(parents=True, exist_ok=True)
     servers: list[object] = []
@@ -137,14 +179,14 @@ def run(once: bool, events: int, root: Path) -> int:
             pg = EmbeddedPostgres(state / "postgres").start()
             servers.append(pg)
             database_url = pg.url
-            _say(f"embedded PostgreSQL on {pg.url} (data in .run/postgres)")
+            _say(f"embedded PostgreSQL on {pg.url} (data in {state / 'postgres'})")
         else:
             _say(f"using DATABASE_URL {redact_url(database_url)}")
         if not redis_url:
             rd = EmbeddedRedis(state / "redis", appendonly=True).start()
             servers.append(rd)
             redis_url = rd.url
-            _say(f"embedded Redis on {rd.url} (AOF in .run/redis)")
+            _say(f"embedded Redis on {rd.url} (AOF in {state / 'redis'})")
         else:
             _say(f"using broker {redact_url(redis_url)}")
         os.environ["DATABASE_URL"] = database_url
@@ -153,8 +195,8 @@ def run(once: bool, events: int, root: Path) -> int:
         from worker.settings import get_settings
 
         get_settings.cache_clear()
-        migrate(database_url)
-        _say("alembic upgrade head: done")
+        done = migrate(database_url)
+        _say(f"migrations at {', '.join(done.after)} ({done.version_table})")
         env = {**os.environ}
         ready_from = (state / "worker.log").stat().st_size if (state / "worker.log").exists() else 0
         celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
@@ -176,15 +218,15 @@ def run(once: bool, events: int, root: Path) -> int:
                     start_new_session=True,
                 )
             )
-            _say(f"{name} started (pid {children[-1].pid}, log .run/{name}.log)")
+            _say(f"{name} started (pid {children[-1].pid}, log {state / f'{name}.log'})")
         _wait_ready(state / "worker.log", children[0], ready_from)
-        _demo(database_url, events)
+        _demo(database_url, redis_url, events)
         if once:
             return 0
         _say("pipeline running; Ctrl-C stops it")
         while all(c.poll() is None for c in children):
             time.sleep(1)
-        _say("a process exited unexpectedly; see .run/*.log")
+        _say(f"a process exited unexpectedly; see {state}/*.log")
         return 1
     except KeyboardInterrupt:
         _say("stopping")

@@ -220,8 +220,9 @@ class Pricer:
         if info is None:
             return None
         model_price = info.get_prices(at)
-        if _FAST_DETAILS.issuperset(usage.details):
-            return _shape(model_price).price(usage)
+        shape = _shape(model_price)
+        if shape.covers(usage.details):
+            return shape.price(usage)
         return _calc(model_price, usage.values())
 
     def is_known(self, model: str, provider: str | None) -> bool:
@@ -300,6 +301,7 @@ class _Shape:
         from genai_prices.types import TieredPrices
 
         self.model_price = model_price
+        self._priced: dict[str, bool] = {}
         self.bounds = sorted(
             {
                 tier.start
@@ -331,6 +333,27 @@ class _Shape:
         base: dict[str, int | float] = {"input_tokens": lo + 1}
         base.update(dict.fromkeys(_ANCESTORS[key][1:], 1))
         return _calc(mp, {**base, key: 1}) - _calc(mp, base)
+
+    def covers(self, details: Mapping[str, int | float]) -> bool:
+        """Whether the fast path prices these usage details exactly: each is a 5m / 1h cache
+        write split, or a dimension this price does not price at all (genai-prices decomposes
+        usage over priced units only, so such a value changes nothing: Gemini's
+        input_text_tokens, reasoning tokens on most models)."""
+        for key in details:
+            if key in _FAST_DETAILS:
+                continue
+            priced = self._priced.get(key)
+            if priced is None:
+                from genai_prices.data_units import unit_data
+
+                unit = unit_data.get(key)
+                price_key = unit["price_key"] if unit else None
+                priced = self._priced[key] = (
+                    price_key is None or getattr(self.model_price, price_key, None) is not None
+                )
+            if priced:
+                return False
+        return True
 
     def price(self, usage: Usage) -> Decimal:
         segment = self.segments[bisect.bisect_left(self.bounds, usage.input_tokens)]

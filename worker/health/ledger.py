@@ -1,0 +1,63 @@
+"""`ai-usage check`, the ledger half: dead letters, rollup freshness, unpriced events."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, text
+
+from worker.health.check import Check, Status
+from worker.settings import Settings
+
+
+def check_ledger(engine: Engine, settings: Settings, now: dt.datetime | None = None) -> list[Check]:
+    now = now or dt.datetime.now(dt.UTC)
+    out: list[Check] = []
+    try:
+        with engine.connect() as conn:
+            dead = int(
+                conn.execute(text("SELECT count(*) FROM ai_usage_dead_letters")).scalar_one()
+            )
+            last = conn.execute(
+                text("SELECT last_success_at FROM ai_usage_rollup_state WHERE id = 1")
+            ).scalar()
+            unpriced = int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM ai_usage_logs WHERE cost_usd IS NULL"
+                        " AND created_at >= :since"
+                    ),
+                    {"since": now - dt.timedelta(days=1)},
+                ).scalar_one()
+            )
+    except Exception as exc:
+        return [Check("ledger", "fail", f"cannot read: {type(exc).__name__}")]
+    out.append(
+        Check(
+            "dead_letters",
+            "warn" if dead else "ok",
+            f"{dead} dead letters" + (" (see `ai-usage dead-letters list`)" if dead else ""),
+        )
+    )
+    limit = dt.timedelta(seconds=2 * settings.rollup_interval_s)
+    if last is None:
+        out.append(Check("rollup", "warn", "has never run (is beat running?)"))
+    else:
+        age = now - last
+        status: Status = "fail" if age > limit else "ok"
+        out.append(
+            Check(
+                "rollup",
+                status,
+                f"last ran {int(age.total_seconds())}s ago (limit {int(limit.total_seconds())}s)",
+            )
+        )
+    out.append(
+        Check(
+            "pricing",
+            "warn" if unpriced else "ok",
+            f"{unpriced} events of the last 24h have no price"
+            + (" (add a price override, then `ai-usage reprice`)" if unpriced else ""),
+        )
+    )
+    return out
