@@ -411,3 +411,25 @@ def test_redis_restart_while_messages_are_held(stack: Stack, fault_summary: Summ
     assert worker.proc.poll() is None and worker.proc.pid == pid, log[-3000:]
     assert "Unrecoverable error" not in log, log[-3000:]
     assert got.lost == 0 and got.duplicates == 0, got
+
+
+def test_a_100k_event_message_lands_once_in_several_commits(
+    stack: Stack, fault_summary: Summary
+) -> None:
+    """One record_batch of 100,000 events (a Celery producer's: no size header) was one 18.5 s
+    transaction near the visibility timeout; it lands in parts of at most a batch each,
+    exactly once, and the message is acknowledged after the last part."""
+    rng = random.Random(27)
+    tenant = stack.tenant("huge")
+    app = producer_app(stack.redis_url)
+    events = [good_event(tenant, rng) for _ in range(100_000)]
+    worker = stack.start_worker(AI_USAGE_LOG_FORMAT="json")
+    send(app, RECORD_BATCH, [events])
+    got = stack.wait_landed([e["id"] for e in events], timeout=180)
+    wait_for(lambda: stack.broker_backlog() == (0, 0), 60, what="acknowledged")
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    batches = [b for b in (json.loads(line).get("batch") for line in lines) if b]
+    fault_summary.add(f"one 100k-event message: {len(batches)} commits", got)
+    assert got.lost == 0 and got.duplicates == 0, got
+    assert len(batches) >= 50 and max(b["received"] for b in batches) <= 2_000, batches[:3]
+    assert sum(b["messages"] for b in batches) == 1  # acknowledged once, with the last part
