@@ -1,6 +1,7 @@
 """The usage event: one AI call, as producers send it. This schema is the public contract
-(README, "Event fields"); the client validates with it at the call site and the worker again
-before writing."""
+(README, "Event fields") and the judge of every event: the client validates at the call site
+and the worker again before writing, both through its fast path (worker.client.fast), which
+takes only what this model would take with the same values and hands it everything else."""
 
 from __future__ import annotations
 
@@ -22,11 +23,7 @@ from pydantic import (
 )
 
 from worker.client.errors import InvalidEvent
-
-#: PostgreSQL INTEGER's upper bound: token counts and durations must fit the column.
-INT_MAX = 2_147_483_647
-#: An event dated further ahead than this is rejected (clock skew is tolerated up to it).
-FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+from worker.client.limits import FUTURE_TOLERANCE, INT_MAX, MAX_USAGE_DETAILS, TOKEN_FIELDS
 
 Count = Annotated[StrictInt, Field(ge=0, le=INT_MAX)]
 Label = Annotated[str, Field(min_length=1, max_length=100)]
@@ -35,9 +32,6 @@ Label = Annotated[str, Field(min_length=1, max_length=100)]
 #: characters, ...) may be fractional.
 DetailKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 DetailValue = Annotated[StrictInt | StrictFloat, Field(ge=0, le=1e12, allow_inf_nan=False)]
-#: Keys that are fields of their own, so never usage details.
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-MAX_USAGE_DETAILS = 32
 
 
 def _check_text(value: str) -> str:

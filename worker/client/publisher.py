@@ -28,6 +28,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
+import msgspec
+
+from worker.client import fast
 from worker.client.envelope import (
     EMBED,
     EMBED_ESCAPED,
@@ -39,7 +42,6 @@ from worker.client.envelope import (
     redis_envelope,
 )
 from worker.client.errors import ConfigError
-from worker.client.events import UsageEvent, parse_event
 from worker.client.tracking import TrackingMixin, UsageTracker, extract_usage
 
 __all__ = ["UsageClient", "UsageTracker", "extract_usage"]
@@ -151,43 +153,55 @@ class UsageClient(TrackingMixin):
 
         Raises InvalidEvent (a ValueError naming the field) for bad input. In background mode
         nothing else is raised; in sync mode a broker error is raised after a few retries."""
-        event = parse_event(
-            {
-                "id": id if id is not None else new_id(),
-                "tenant_id": tenant_id,
-                "user_id": user_id,
-                "assessment_id": assessment_id,
-                "lead_id": lead_id,
-                "operation": operation,
-                "model": model,
-                "provider": provider,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_read_tokens": cache_read_tokens,
-                "cache_write_tokens": cache_write_tokens,
-                "usage_details": usage_details,
-                "total_tokens": total_tokens,
-                "cost_usd": cost_usd,
-                "duration_ms": duration_ms,
-                "success": success,
-                "created_at": created_at if created_at is not None else dt.datetime.now(dt.UTC),
-            }
-        )
-        if self.mode == "sync":
-            self._publish(RECORD, [], event.to_message(), retry=True)
+        fields = {
+            "id": id if id is not None else new_id(),
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+            "assessment_id": assessment_id,
+            "lead_id": lead_id,
+            "operation": operation,
+            "model": model,
+            "provider": provider,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_tokens": cache_read_tokens,
+            "cache_write_tokens": cache_write_tokens,
+            "usage_details": usage_details,
+            "total_tokens": total_tokens,
+            "cost_usd": cost_usd,
+            "duration_ms": duration_ms,
+            "success": success,
+            "created_at": created_at if created_at is not None else dt.datetime.now(dt.UTC),
+        }
+        now = dt.datetime.now(dt.UTC)
+        event = fast.from_fields(fields, now)
+        if event is not None:
+            text = msgspec.json.encode(event)
+            if self.mode == "sync":
+                self._publish(RECORD, [], msgspec.json.decode(text), retry=True)
+            else:
+                self._enqueue(_escaped(text))
             return event.id
-        self._enqueue(event)
-        return event.id
+        # Not plainly valid: the schema decides, and names the field if it refuses.
+        from worker.client.events import parse_event
 
-    def _enqueue(self, event: UsageEvent) -> None:
+        judged = parse_event(fields, now)
+        if self.mode == "sync":
+            self._publish(RECORD, [], judged.to_message(), retry=True)
+        else:
+            self._enqueue(escape_json(judged.model_dump_json(exclude_none=True)))
+        return judged.id
+
+    def _enqueue(self, escaped: str) -> None:
+        """Append one event, its JSON already escaped as the inside of a JSON string: done in
+        the caller, so that the publishing thread never escapes a whole batch holding the GIL
+        (see _publish_raw)."""
         if self._pid != os.getpid():
             self._start_buffer()  # forked: the parent's thread does not exist here
         if len(self._queue) >= self.max_queue or self._finalized:
             self._count_dropped(1, "client buffer full")
             return
-        # Escaped here, a few microseconds per event, so that the publishing thread never has
-        # to escape a whole batch while holding the GIL (see _publish_raw).
-        self._queue.append(escape_json(event.model_dump_json(exclude_none=True)))
+        self._queue.append(escaped)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -404,6 +418,11 @@ class UsageClient(TrackingMixin):
                 health_check_interval=30,
             )
         return self._app
+
+
+def _escaped(text: bytes) -> str:
+    """JSON text escaped as the inside of a JSON string (msgspec's encoder escapes in C)."""
+    return msgspec.json.encode(text.decode())[1:-1].decode()
 
 
 @atexit.register

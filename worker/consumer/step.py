@@ -182,7 +182,9 @@ class IngestStep(bootsteps.ConsumerStep):
     # -- writing ----------------------------------------------------------------------------
 
     def _prepare(self, payloads: list[Any]) -> PreparedBatch:
-        return prepare_batch([decode_event(p) for p in payloads], default_pricer())
+        # Events stay raw JSON until here: the fast path decodes them straight into its
+        # struct; decode_event restores kombu's tagged values for the schema when it cannot.
+        return prepare_batch(payloads, default_pricer(), decode_event)
 
     def _store(self, batch: PreparedBatch) -> WriteResult:
         return store_batch(get_engine(), batch, on_connection=self._remember_writer)

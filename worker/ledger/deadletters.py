@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from sqlalchemy import Engine, text
 
 from worker.ledger.pricing import Pricer
@@ -29,7 +30,10 @@ _INSERT = (
 
 
 def encode_payload(payload: Any) -> str:
-    """JSON with ASCII escapes: NUL bytes and lone surrogates survive into a text column."""
+    """JSON with ASCII escapes: NUL bytes and lone surrogates survive into a text column. A
+    payload still in its raw JSON (msgspec.Raw) is decoded first."""
+    if isinstance(payload, msgspec.Raw):
+        payload = msgspec.json.decode(payload)
     return json.dumps(payload, ensure_ascii=True, default=str, sort_keys=True)
 
 

@@ -15,10 +15,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from worker.client import fast
 from worker.client.errors import InvalidEvent
 from worker.client.events import UsageEvent, parse_event
 from worker.ledger.pricing import Pricer, PricingError, Usage, usage_keys
@@ -48,6 +51,8 @@ COLUMNS = (
     "fingerprint",
 )
 CONFLICT = "conflicting duplicate"
+#: A validated event: the fast path's struct or the schema's model (the same attributes).
+Event = fast.FastEvent | UsageEvent
 
 
 @dataclass
@@ -90,7 +95,7 @@ class WriteResult:
 class Row:
     """One valid event, priced and rendered."""
 
-    event: UsageEvent
+    event: Event
     cost: float | None
     payload: Any
     fingerprint: bytes
@@ -123,14 +128,20 @@ def _uid(v: uuid.UUID | None) -> str:
     return NULL if v is None else v.hex
 
 
-def _details(e: UsageEvent) -> str:
+def _text(payload: Any) -> Any:
+    return (
+        bytes(payload).decode("utf-8", "replace") if isinstance(payload, msgspec.Raw) else payload
+    )
+
+
+def _details(e: Event) -> str:
     # Keys are [a-z0-9_] and values numbers: nothing in the JSON needs COPY escaping.
     if not e.usage_details:
         return NULL
     return json.dumps(e.usage_details, sort_keys=True, separators=(",", ":"))
 
 
-def _content(e: UsageEvent) -> str:
+def _content(e: Event) -> str:
     """Every stored field of the event but its computed cost, as COPY text. The fingerprint
     is a hash of this (and of a producer's own cost): a price computed by another version of
     the worker does not make a redelivery look like a conflict."""
@@ -174,7 +185,7 @@ def _unknown_detail(details: dict[str, int | float] | None) -> str | None:
     return None
 
 
-def _usage(event: UsageEvent) -> Usage:
+def _usage(event: Event) -> Usage:
     return Usage(
         event.input_tokens,
         event.output_tokens,
@@ -184,15 +195,36 @@ def _usage(event: UsageEvent) -> Usage:
     )
 
 
-def prepare_batch(payloads: Sequence[Any], pricer: Pricer) -> PreparedBatch:
-    """Validate, price and render `payloads`."""
+def _as_is(raw: Any) -> Any:
+    return msgspec.json.decode(raw)
+
+
+def prepare_batch(
+    payloads: Sequence[Any], pricer: Pricer, decode: Callable[[Any], Any] = _as_is
+) -> PreparedBatch:
+    """Validate, price and render `payloads`: events as mappings, or as msgspec.Raw JSON
+    (decoded straight into the fast path's struct; `decode` turns one the fast path does not
+    take into what the schema reads, e.g. with kombu's tagged values restored)."""
     started = time.perf_counter()
     result = WriteResult()
-    rows = _prepare_rows(payloads, pricer, result)
+    rows = _prepare_rows(payloads, pricer, result, decode)
     return PreparedBatch(rows, result, started)
 
 
-def _prepare_rows(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) -> list[Row]:
+def _fast(payload: Any, now: dt.datetime, decode: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """(the fast path's struct or None, the payload as the schema reads it). A Raw stays
+    raw when the fast path takes it (decoded only if a dead letter needs it)."""
+    if isinstance(payload, msgspec.Raw):
+        event = fast.from_json(payload, now)
+        return (event, payload) if event is not None else (None, decode(payload))
+    if isinstance(payload, dict):
+        return fast.from_fields(payload, now), payload
+    return None, payload
+
+
+def _prepare_rows(
+    payloads: Iterable[Any], pricer: Pricer, result: WriteResult, decode: Callable[[Any], Any]
+) -> list[Row]:
     rows: list[Row] = []
     seen: dict[uuid.UUID, bytes] = {}
     unknown_models: set[str] = set()
@@ -205,11 +237,16 @@ def _prepare_rows(payloads: Iterable[Any], pricer: Pricer, result: WriteResult) 
                 DeadLetter(payload.payload, payload.error, "message", event_id(payload.payload))
             )
             continue
-        try:
-            event = parse_event(payload, now)
-        except InvalidEvent as exc:
-            result.dead_letters.append(DeadLetter(payload, str(exc), exc.field, event_id(payload)))
-            continue
+        event: Event | None
+        event, payload = _fast(payload, now, decode)
+        if event is None:
+            # Not plainly valid: the schema decides, and names the field if it refuses.
+            try:
+                event = parse_event(payload, now)
+            except InvalidEvent as exc:
+                letter = DeadLetter(payload, str(exc), exc.field, event_id(payload))
+                result.dead_letters.append(letter)
+                continue
         unknown = _unknown_detail(event.usage_details)
         if unknown:
             result.dead_letters.append(DeadLetter(payload, unknown, "usage_details", event.id))
