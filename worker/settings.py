@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(
         20.0, gt=0, le=600, validation_alias="AI_USAGE_SHUTDOWN_DRAIN_S"
     )
+    #: Freeze the objects of start-up out of the garbage collector (worker.consumer.runtime).
+    gc_freeze: bool = Field(True, validation_alias="AI_USAGE_GC_FREEZE")
+    #: Generation-0 threshold of the worker's garbage collector; 0 leaves Python's (700).
+    gc_threshold: int = Field(50_000, ge=0, validation_alias="AI_USAGE_GC_THRESHOLD")
+    #: The worker's GIL switch interval in ms; 0 leaves Python's (5 ms).
+    switch_interval_ms: float = Field(
+        1.0, ge=0, le=100, validation_alias="AI_USAGE_SWITCH_INTERVAL_MS"
+    )
     #: Longest pause between two attempts to write while the database is down.
     db_retry_max_s: float = Field(10.0, gt=0, validation_alias="AI_USAGE_DB_RETRY_MAX_S")
     #: `ai-usage check` fails when the oldest waiting message is older than this.

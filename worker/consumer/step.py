@@ -42,6 +42,7 @@ from worker.consumer.envelopes import (
     decode_event,
     readable_body,
 )
+from worker.consumer.runtime import tune
 from worker.consumer.transport import Channel, Refused
 from worker.ledger.db import get_engine
 from worker.ledger.ingest import store_batch
@@ -113,6 +114,7 @@ class IngestStep(bootsteps.ConsumerStep):
         self.stopping = False
         super().start(c)
         self._arm_timers(c)
+        tune(self.settings)  # once: start-up is over
 
     def room(self) -> int:
         """Events the worker may still take."""

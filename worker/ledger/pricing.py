@@ -63,7 +63,7 @@ class PricingError(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 1 us an event here
 class Usage:
     """What one AI call used, in genai-prices' convention (input_tokens includes the cache)."""
 
