@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
+import msgspec
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -135,6 +136,16 @@ for k = 3, #KEYS do
 end
 return taken
 """
+
+
+def decode_envelope(item: bytes) -> Any:
+    """The JSON of a queue item: msgspec reads the common case (a 500-event body is one long
+    string: Python's json spent a tenth of the worker's time here); Python's json what only it
+    reads (lone surrogate escapes, NaN). Raises ValueError when neither can."""
+    try:
+        return msgspec.json.decode(item)
+    except msgspec.DecodeError:
+        return json.loads(item)
 
 
 def undecodable_key(queue: str) -> str:
@@ -379,7 +390,7 @@ class Channel(kombu_redis.Channel):
         consumer = self._consumers_by_queue.get(queue)
         for item, tag in taken:
             try:
-                envelope = json.loads(item)
+                envelope = decode_envelope(item)
             except (ValueError, UnicodeDecodeError) as exc:
                 self.refuse(Refused(queue, item, tag, f"not JSON: {exc}", None))
                 continue
