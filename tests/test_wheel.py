@@ -133,6 +133,16 @@ def test_client_install_is_light_and_records_into_a_real_worker(
     assert result["heavy"] == []
     wait_for(lambda: priced(db, result["id"]), 60, what="the client's event priced in the ledger")
     print(f"client install: {len(dists)} distributions; import {result['import_ms']:.0f} ms")
+    # The CLI comes with the base install: without the worker extra it says what to install.
+    out = subprocess.run(
+        [env.bin("ai-usage"), "report"], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env=app_env(DATABASE_URL="postgresql://u@127.0.0.1:1/x"), check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("ai-usage: report needs the worker extra (") and line.endswith(
+        "is not installed): pip install 'ai-usage-worker[worker]'"
+    ), line
 
 
 def test_worker_extra_migrates_checks_and_runs_outside_the_checkout(

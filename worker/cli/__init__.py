@@ -14,6 +14,7 @@ from worker.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    WORKER_EXTRA,
     CommandError,
     Parser,
     first_line,
@@ -35,11 +36,19 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from worker.logs import configure_logging
-
     try:
+        from worker.logs import configure_logging
+
         configure_logging(level="WARNING")
         return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        if args.debug or (exc.name or "").split(".")[0] not in WORKER_EXTRA:
+            raise
+        warn(
+            f"ai-usage: {args.command} needs the worker extra ({exc.name} is not installed):"
+            " pip install 'ai-usage-worker[worker]'"
+        )
+        return EXIT_USAGE
     except CommandError as exc:
         if args.debug:
             raise
@@ -60,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _describe(exc: Exception) -> tuple[int, str]:
     """One line and an exit code for an error no command caught."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
+    try:
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+    except ModuleNotFoundError:  # a client-only install
+        return EXIT_FAILED, f"{first_line(exc)} (run with --debug for the traceback)"
     if isinstance(exc, OperationalError):
         return EXIT_UNREACHABLE, f"database unreachable: {first_line(exc.orig or exc)}"
     if isinstance(exc, ProgrammingError) and "does not exist" in str(exc):

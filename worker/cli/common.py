@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # the CLI's entry point must import without the worker extra
+    from sqlalchemy import Engine
 
 #: Exit codes, documented in the README (Operations).
 EXIT_OK = 0
 EXIT_FAILED = 1  # a check failed, or some of the work did not succeed
 EXIT_USAGE = 2  # bad arguments or configuration, or an argument that names nothing
 EXIT_UNREACHABLE = 3  # the database or the broker cannot be reached, or the database is missing
+
+#: Modules of the `worker` extra: without them, commands say how to install it.
+WORKER_EXTRA = {"celery", "kombu", "sqlalchemy", "psycopg2", "alembic", "pydantic_settings"}
 
 
 class CommandError(Exception):
