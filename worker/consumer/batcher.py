@@ -217,29 +217,13 @@ class Batcher:
             # Committed but not acknowledged: the broker will redeliver, and the idempotent
             # write will count those events as duplicates, not twice.
             log.warning("could not acknowledge %d messages: %s", len(done), exc)
+        counts = result.counts()
         log.info(
-            "batch written: received=%d inserted=%d duplicates=%d conflicts=%d"
-            " dead_lettered=%d unpriced=%d messages=%d seconds=%.3f",
-            result.received,
-            result.inserted,
-            result.duplicates,
-            result.conflicts,
-            result.dead_lettered,
-            result.unpriced,
+            "batch written: %s messages=%d seconds=%.3f",
+            " ".join(f"{k}={v}" for k, v in counts.items()),
             len(done),
             result.seconds,
-            extra={
-                "batch": {
-                    "received": result.received,
-                    "inserted": result.inserted,
-                    "duplicates": result.duplicates,
-                    "conflicts": result.conflicts,
-                    "dead_lettered": result.dead_lettered,
-                    "unpriced": result.unpriced,
-                    "messages": len(done),
-                    "seconds": round(result.seconds, 4),
-                }
-            },
+            extra={"batch": {**counts, "messages": len(done), "seconds": round(result.seconds, 4)}},
         )
 
     def _failed(self, taken: list[Pending], exc: Exception) -> None:

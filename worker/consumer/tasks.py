@@ -41,11 +41,4 @@ def rollup_monthly() -> dict[str, Any]:
 
 
 def _summary(result: WriteResult) -> dict[str, int]:
-    return {
-        "received": result.received,
-        "inserted": result.inserted,
-        "duplicates": result.duplicates,
-        "conflicts": result.conflicts,
-        "dead_lettered": result.dead_lettered,
-        "unpriced": result.unpriced,
-    }
+    return result.counts()

@@ -155,15 +155,7 @@ def store_batch(
     result.dead_lettered = len(result.dead_letters)
     result.conflicts = sum(1 for d in result.dead_letters if d.fingerprint is not None)
     result.seconds = time.perf_counter() - batch.started
-    metrics.record_write(
-        received=result.received,
-        inserted=result.inserted,
-        duplicates=result.duplicates,
-        conflicts=result.conflicts,
-        dead_lettered=result.dead_lettered,
-        unpriced=result.unpriced,
-        seconds=result.seconds,
-    )
+    metrics.record_write(**result.counts(), seconds=result.seconds)
     _log_dead_letters(result.dead_letters)
     return result
 

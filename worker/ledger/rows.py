@@ -90,6 +90,17 @@ class WriteResult:
     seconds: float = 0.0
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
+    def counts(self) -> dict[str, int]:
+        """What became of the batch's events, by outcome (logs, metrics, task results)."""
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "dead_lettered": self.dead_lettered,
+            "unpriced": self.unpriced,
+        }
+
 
 @dataclass
 class Row:
