@@ -94,6 +94,22 @@ def copy_text(evs: Sequence[dict[str, Any]]) -> str:
     )
 
 
+#: The columns the worker writes (the spec's and revision e5f6a7b8c9d0's): the limit (1) loads
+#: rows of the same shape, fingerprint included.
+ROW_COLUMNS = COLUMNS + ", cache_read_tokens, cache_write_tokens, provider, fingerprint"
+
+
+def row_text(evs: Sequence[dict[str, Any]]) -> str:
+    """COPY text (columns ROW_COLUMNS) of priced events, as the worker writes them."""
+    return "".join(
+        f"{e['id']}\t{e['tenant_id']}\t{e['operation']}\t{e['model']}\t{e['input_tokens']}\t"
+        f"{e['output_tokens']}\t{e['input_tokens'] + e['output_tokens']}\t"
+        f"{_cost(e.get('cost_usd'))}\t{e['duration_ms']}\tsuccess\t{e['created_at']}\t0\t0\t\\N"
+        f"\t\\\\x{uuid.UUID(e['id']).hex}\n"
+        for e in evs
+    )
+
+
 def spread_rows(n: int, tenants: Sequence[str], months: int, seed: int) -> str:
     """COPY text of `n` rows over the current month and the `months - 1` before it."""
     rng = random.Random(seed)

@@ -108,3 +108,78 @@ def request_path(
         out[kind] = {**summary(burst[kind]), "paced": summary(paced[kind])}
     out["record_background"]["dropped"] = dropped
     return out
+
+
+def dropping(tenants: Sequence[str], n: int) -> dict[str, Any]:
+    """record() on the drop path: the buffer full (max_queue 1) and the broker unreachable, so
+    every call after the first is a drop. Drops are counted and logged as one summary line per
+    10 s: this is the p99 a burst past max_queue costs the application."""
+    import logging
+
+    client = UsageClient(broker_url="redis://127.0.0.1:1/0", max_queue=1, retry_max_s=60)
+    calls = iter(record_calls(tenants, n + 200))
+    logger = logging.getLogger("worker.client.publisher")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        timed(lambda: client.record(**next(calls)), 100, 0)
+        ns = timed(lambda: client.record(**next(calls)), n, 0)
+    finally:
+        logger.removeHandler(handler)
+        client.close(0.1)
+    return {**summary(ns), "dropped": client.dropped, "log_lines": len(lines)}
+
+
+def _work(payload: dict[str, Any]) -> int:
+    """A request's own CPU work, for the application-throughput figure: a JSON round trip and
+    a hash of a few kilobytes."""
+    import hashlib
+    import json
+
+    text = json.dumps(payload)
+    return len(hashlib.sha256(text.encode() * 4).digest()) + len(json.loads(text))
+
+
+def app_throughput(stack: Stack, tenants: Sequence[str], seconds: float = 3.0) -> dict[str, Any]:
+    """The application's own throughput (requests of CPU work a second) without the client and
+    with one record() per request (the publishing thread sending meanwhile), and the longest
+    stall between two requests in each: the publisher must not take the GIL in long
+    stretches. Alternated over 3 rounds; medians."""
+    payload = {f"k{i}": "x" * 40 for i in range(40)}
+    client = UsageClient(broker_url=stack.redis_url, max_queue=10_000_000)
+    calls = record_calls(tenants, 1000)
+
+    def run(record: bool) -> tuple[float, float]:
+        done, gap = 0, 0.0
+        last = started = time.perf_counter()
+        while last - started < seconds:
+            _work(payload)
+            if record:
+                client.record(**calls[done % len(calls)])
+            now = time.perf_counter()
+            gap = max(gap, now - last)
+            last = now
+            done += 1
+        return done / (last - started), gap
+
+    runs: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+    try:
+        for _ in range(3):
+            runs["without"].append(run(False))
+            runs["with"].append(run(True))
+        client.flush(60)
+    finally:
+        client.close(30)
+        stack.flush_redis()
+    out: dict[str, Any] = {"seconds_per_run": seconds}
+    for kind, results in runs.items():
+        out[f"{kind}_client"] = {
+            "requests_per_s": statistics.median(r for r, _ in results),
+            "longest_stall_ms": round(max(g for _, g in results) * 1000, 3),
+        }
+    out["with_over_without"] = (
+        out["with_client"]["requests_per_s"] / out["without_client"]["requests_per_s"]
+    )
+    return out

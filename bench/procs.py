@@ -161,8 +161,8 @@ class Worker:
             _live.remove(self)
 
 
-def ours(stack: Stack, workdir: Path) -> Worker:
-    """The product's worker, started as tests/conftest.py starts it."""
+def ours(stack: Stack, workdir: Path, **extra: str) -> Worker:
+    """The product's worker, started as tests/conftest.py starts it (`extra`: settings)."""
     argv = [
         CELERY,
         "-A",
@@ -171,7 +171,7 @@ def ours(stack: Stack, workdir: Path) -> Worker:
         "--hostname",
         f"bench-ours-{secrets.token_hex(3)}@%h",
     ]
-    return Worker("ours", argv, worker_env(stack, workdir), workdir)
+    return Worker("ours", argv, worker_env(stack, workdir, **extra), workdir)
 
 
 def naive(stack: Stack, workdir: Path) -> Worker:

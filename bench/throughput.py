@@ -19,9 +19,9 @@ from worker.client import UsageClient
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS bench_staging (LIKE ai_usage_logs) ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY bench_staging ({data.COLUMNS}) FROM STDIN"
+_COPY = f"COPY bench_staging ({data.ROW_COLUMNS}) FROM STDIN"
 _MOVE = (
-    f"INSERT INTO ai_usage_logs ({data.COLUMNS}) SELECT {data.COLUMNS} FROM bench_staging"
+    f"INSERT INTO ai_usage_logs ({data.ROW_COLUMNS}) SELECT {data.ROW_COLUMNS} FROM bench_staging"
     " ON CONFLICT (id) DO NOTHING"
 )
 #: The fields an application passes to record(); the client sets id and created_at (now).
@@ -61,7 +61,7 @@ def limit(stack: Stack, priced: Sequence[dict[str, Any]], batch_rows: int) -> di
     one transaction and in transactions of the worker's batch size, each twice, alternating,
     on an emptied table. The limit is the best of the four runs."""
     n = len(priced)
-    text = data.copy_text(priced)
+    text = data.row_text(priced)
     lines = text.splitlines(keepends=True)
     variants = {
         "one_transaction": [text],
