@@ -308,19 +308,25 @@ class UsageClient(TrackingMixin):
         self.dropped += n
         if self._dropped_metric is not None:
             self._dropped_metric.inc(n)
+        if why != "client buffer full":
+            self._log_full_buffer_drops()  # their own line first, with their own reason
+            log.warning("%d usage events dropped (%s); %d dropped in all", n, why, self.dropped)
+            return
         self._unlogged_drops += n
-        now = time.monotonic()
-        if now - self._drops_logged_at >= DROP_LOG_EVERY_S or why != "client buffer full":
+        if time.monotonic() - self._drops_logged_at >= DROP_LOG_EVERY_S:
+            self._log_full_buffer_drops()
+
+    def _log_full_buffer_drops(self) -> None:
+        if self._unlogged_drops:
             log.warning(
-                "%d usage events dropped (%s, max_queue=%d) since the last such line;"
-                " %d dropped in all",
+                "%d usage events dropped (client buffer full, max_queue=%d) since the last"
+                " such line; %d dropped in all",
                 self._unlogged_drops,
-                why,
                 self.max_queue,
                 self.dropped,
             )
-            self._unlogged_drops = 0
-            self._drops_logged_at = now
+        self._unlogged_drops = 0
+        self._drops_logged_at = time.monotonic()
 
     def pending(self) -> int:
         """Events recorded but not yet published."""

@@ -166,7 +166,10 @@ def write_batch(engine: Engine, payloads: Sequence[Any], pricer: Pricer) -> Writ
 
 
 def _stage(cur: Any, rows: Sequence[Row]) -> None:
-    cur.copy_expert(_COPY, io.StringIO("".join(r.line for r in rows)))
+    text = "".join(r.line for r in rows)
+    # One read of the whole text: psycopg2 reads the file in `size` chunks (8 KiB by default)
+    # and takes the GIL back for each, which the consumer thread holds while it prepares.
+    cur.copy_expert(_COPY, io.StringIO(text), size=len(text) + 1)
 
 
 def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
