@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -182,7 +182,7 @@ def describe_machine(stack: Stack) -> dict[str, Any]:
             for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
         }
     client = stack.redis()
-    redis_version = str(cast("dict[str, Any]", client.info("server")).get("redis_version"))
+    redis_version = str(client.info("server").get("redis_version"))
     client.close()
     return {
         "cpu_count": os.cpu_count(),

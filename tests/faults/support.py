@@ -198,7 +198,7 @@ class Stack:
         """(messages waiting in the ai_usage queue, messages delivered but unacknowledged)."""
         client = redis.Redis.from_url(self.redis_url)
         try:
-            return int(client.llen(QUEUE)), int(client.hlen("unacked"))  # type: ignore[arg-type]
+            return int(client.llen(QUEUE)), int(client.hlen("unacked"))
         finally:
             client.close()
 

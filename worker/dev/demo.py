@@ -68,7 +68,7 @@ def refusal() -> str | None:
 
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
         try:
-            keys = int(client.dbsize())  # type: ignore[arg-type]
+            keys = int(client.dbsize())
         finally:
             client.close()
         if keys:
