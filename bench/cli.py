@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from bench import data, latency, memory, procs, results, rollup, throughput
+from bench import data, latency, memory, procs, results, rollup, scaleout, throughput, writepath
 from bench.servers import ROOT, describe_machine, open_stack
 from worker.settings import Settings
 
@@ -31,9 +31,12 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 QUICK_OUTPUT = ROOT / "bench" / "results" / "quick.json"
 TENANTS = 100
 DESCRIPTION = (
-    "Benchmark of the ai_usage pipeline (issue 5): write limit, naive baseline, our pipeline,"
-    " request-path cost, rollups and reports, worker memory. Prints a table, writes JSON."
+    "Benchmark of the ai_usage pipeline: write limit, naive baseline, our pipeline (end to end,"
+    " worker alone at 1 and 2 processes, single-event messages), the write path, request-path"
+    " cost, rollups and reports, worker memory. Prints a table, writes JSON."
 )
+#: The sections, in run order; --only runs a subset (the limit always runs: ratios need it).
+SECTIONS = ("naive", "ours", "latency", "scaleout", "writepath", "single", "memory", "rollup")
 
 
 class Interrupted(BaseException):
@@ -106,6 +109,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(ROOT)},"
         f" {QUICK_OUTPUT.relative_to(ROOT)} with --quick)",
     )
+    p.add_argument(
+        "--only",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all);"
+        " ratios whose figures were not measured are skipped",
+    )
     p.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
     p.add_argument(
         "--database-url",
@@ -142,6 +151,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         soak_seconds=size("soak_seconds"),
         soak_rate=a.soak_rate,
     )
+    unknown = sorted(set(a.only or ()) - set(SECTIONS))
+    if unknown:
+        p.error(
+            f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
+        )
     for name in ("n", "naive_n", "queued_n", "latency_samples", "rollup_rows"):
         if getattr(plan, name) < 10:
             p.error(f"--{name.replace('_', '-')} must be at least 10")
@@ -195,6 +209,22 @@ def _notes(plan: Plan, machine: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _ours_batched(stack: Any, workdir: Path, evs: list[dict[str, Any]]) -> dict[str, Any]:
+    worker = procs.ours(stack, workdir).start()
+    try:
+        return throughput.ours_batched(stack, worker, evs)
+    finally:
+        worker.stop()
+
+
+def _median_of(runs: int, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The run whose `key` is the median of `runs` runs, with every run's `key` beside it."""
+    done = sorted((fn() for _ in range(runs)), key=lambda r: float(r[key]))
+    middle = dict(done[len(done) // 2])
+    middle[f"runs_{key}"] = [round(float(r[key]), 1) for r in done]
+    return middle
+
+
 def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="aiu-bench-"))
     raw: dict[str, Any] = {}
@@ -219,45 +249,65 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             priced = data.priced(evs)
             batch = int(Settings.model_fields["batch_max_events"].default)
             raw["limit"] = phase("(1) limit", lambda: throughput.limit(stack, priced, batch))
-            raw["naive"] = phase(
-                "(2) naive",
-                lambda: throughput.naive(stack, workdir, priced[: plan.naive_n], tenants),
-            )
-            worker = procs.ours(stack, workdir).start()
-            try:
-                raw["ours_batched"] = phase(
-                    "(3) ours, client batches", lambda: throughput.ours_batched(stack, worker, evs)
+            wanted = set(args.only or SECTIONS)
+            if "naive" in wanted:
+                raw["naive"] = phase(
+                    "(2) naive",
+                    lambda: throughput.naive(stack, workdir, priced[: plan.naive_n], tenants),
                 )
-            finally:
-                worker.stop()
-            raw["latency"] = phase(
-                "(5) request path",
-                lambda: latency.request_path(stack, tenants, plan.latency_samples),
-            )
-            raw["ours_batch_drain"] = phase(
-                "(3b) worker alone, queued client batches",
-                lambda: throughput.ours_batch_drain(stack, workdir, evs),
-            )
-            queued = evs[: plan.queued_n]
-            raw["ours_single"] = phase(
-                "(4) ours, single-event messages",
-                lambda: throughput.ours_single(stack, workdir, queued),
-            )
-            raw["noop"] = phase(
-                "(4) Celery no-op drain",
-                lambda: throughput.noop_drain(stack, workdir, plan.queued_n),
-            )
-            if plan.soak_seconds > 0:
+            if "ours" in wanted:
+                raw["ours_batched"] = phase(
+                    "(3) ours, client batches, median of 3",
+                    lambda: _median_of(
+                        3, "events_per_s", lambda: _ours_batched(stack, workdir, evs)
+                    ),
+                )
+            if "latency" in wanted:
+                raw["latency"] = phase(
+                    "(5) request path",
+                    lambda: latency.request_path(stack, tenants, plan.latency_samples),
+                )
+                raw["dropping"] = phase(
+                    "(5b) record() on the drop path",
+                    lambda: latency.dropping(tenants, plan.latency_samples),
+                )
+                raw["app"] = phase(
+                    "(5c) application throughput with and without the client",
+                    lambda: latency.app_throughput(stack, tenants),
+                )
+            if "scaleout" in wanted:
+                per_message = int(throughput.client_defaults()["batch_size"])
+                raw["scaleout"] = phase(
+                    "(3b) worker alone at 1 and 2 processes, 3 alternating runs",
+                    lambda: scaleout.worker_alone(stack, workdir, evs, per_message),
+                )
+            if "writepath" in wanted:
+                raw["writepath"] = phase(
+                    "(3c) write path: fingerprints, redeliveries",
+                    lambda: writepath.write_path(stack, evs[: min(len(evs), 20_000)], batch),
+                )
+            if "single" in wanted:
+                queued = evs[: plan.queued_n]
+                raw["ours_single"] = phase(
+                    "(4) ours, single-event messages",
+                    lambda: throughput.ours_single(stack, workdir, queued),
+                )
+                raw["noop"] = phase(
+                    "(4) Celery no-op drain",
+                    lambda: throughput.noop_drain(stack, workdir, plan.queued_n),
+                )
+            if "memory" in wanted and plan.soak_seconds > 0:
                 raw["memory"] = phase(
                     "(7) memory soak",
                     lambda: memory.soak(stack, workdir, tenants, plan.soak_seconds, plan.soak_rate),
                 )
-            raw["rollups"] = phase(
-                "(6) rollups and report",
-                lambda: rollup.rollups(
-                    stack, tenants, plan.report_small_rows, plan.rollup_rows, plan.report_reps
-                ),
-            )
+            if "rollup" in wanted:
+                raw["rollups"] = phase(
+                    "(6) rollups and report",
+                    lambda: rollup.rollups(
+                        stack, tenants, plan.report_small_rows, plan.rollup_rows, plan.report_reps
+                    ),
+                )
             machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         procs.stop_all()

@@ -234,37 +234,6 @@ def ours_single(stack: Stack, workdir: Path, evs: Sequence[dict[str, Any]]) -> d
     }
 
 
-def ours_batch_drain(stack: Stack, workdir: Path, evs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """(3b) The worker alone: ai_usage.record_batch messages of the client's default batch size
-    queued in advance (with send_task), drained by a worker started after."""
-    stack.truncate()
-    stack.flush_redis()
-    n = len(evs)
-    per_message = int(client_defaults()["batch_size"])
-    producer = _producer(stack)
-    batches = [list(evs[i : i + per_message]) for i in range(0, n, per_message)]
-    for batch in batches:
-        producer.send_task(
-            "ai_usage.record_batch", args=[batch], queue="ai_usage", routing_key="ai_usage"
-        )
-    producer.close()
-    worker = procs.ours(stack, workdir)
-
-    def finished() -> float:
-        return data.wait_rows(stack, n, evs[-1]["id"], 120 + n / 100, worker.log_tail)[0]
-
-    t = _drain(stack, worker, "ai_usage", len(batches), finished)
-    stack.truncate()
-    seconds = t["end"] - t["consuming_at"]
-    return {
-        "events": n,
-        "messages": len(batches),
-        "seconds": round(seconds, 4),
-        "events_per_s": _rate(n, seconds),
-        "clock": "first consumption (queue length drops) to the last row committed",
-    }
-
-
 def noop_drain(stack: Stack, workdir: Path, n: int) -> dict[str, Any]:
     """Celery's drain rate: N naive.noop messages queued in advance, a default worker started
     after; done when the queue is empty and no message is unacknowledged (the default early
