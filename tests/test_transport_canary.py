@@ -1,5 +1,5 @@
 """The upgrade canary: every kombu internal the worker's transport relies on
-(worker.consumer.transport.KOMBU_INTERNALS) still exists, with the signature and, for the
+(worker.consumer.kombu_internals.KOMBU_INTERNALS) still exists, with the signature and, for the
 methods it overrides or calls, the source reviewed against this transport. A kombu upgrade
 that changes one fails here, naming it, before it can break ingestion in production."""
 
@@ -11,7 +11,7 @@ import inspect
 import kombu
 import pytest
 
-from worker.consumer.transport import KOMBU_INTERNALS, Internal
+from worker.consumer.kombu_internals import KOMBU_INTERNALS, Internal
 
 #: sha256[:16] of each method's source, per reviewed kombu version (5.6.2, 5.7.0). When a new
 #: kombu changes one: read the change, adapt worker/consumer/transport.py if needed, run the

@@ -36,7 +36,7 @@ def _client() -> Any:
 
 def _key() -> str:
     from worker.client.envelope import QUEUE
-    from worker.consumer.transport import undecodable_key
+    from worker.consumer.items import undecodable_key
 
     return undecodable_key(QUEUE)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.client.envelope import QUEUE
-from worker.consumer.transport import key_names, queue_keys, undecodable_key
+from worker.consumer.items import undecodable_key
+from worker.consumer.transport import key_names, queue_keys
 
 #: Redis keys `ai_usage.worker.<hostname>`, refreshed by each running worker.
 HEARTBEAT_PREFIX = "ai_usage.worker."

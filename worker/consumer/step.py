@@ -42,8 +42,9 @@ from worker.consumer.envelopes import (
     decode_event,
     readable_body,
 )
+from worker.consumer.items import Refused
 from worker.consumer.runtime import tune
-from worker.consumer.transport import Channel, Refused
+from worker.consumer.transport import Channel
 from worker.ledger.db import get_engine
 from worker.ledger.ingest import store_batch
 from worker.ledger.pricing import default_pricer

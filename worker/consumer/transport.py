@@ -23,165 +23,34 @@ Producers never use it: they publish with plain kombu or the client's one LPUSH.
 - Restoring: an `unacked` entry that cannot be restored is set aside instead of raising (kombu
   restores at every worker start: one bad entry would stop every start).
 
-Every kombu internal this module relies on is named in KOMBU_INTERNALS; the upgrade-canary
+Every kombu internal this module relies on is named in KOMBU_INTERNALS
+(worker.consumer.kombu_internals); the upgrade-canary
 test (tests/test_transport_canary.py) fails, naming it, when one of them changes.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
-import msgspec
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-log = logging.getLogger(__name__)
-
-#: The suffix of the Redis list where items that are not messages are set aside.
-UNDECODABLE_SUFFIX = ".undecodable"
-
-
-@dataclass(frozen=True)
-class Internal:
-    """A kombu internal this transport relies on, and how; `since` marks one that only newer
-    kombu versions have (used when present)."""
-
-    owner: type
-    name: str
-    use: str
-    since: str | None = None
-
-
-#: Every kombu name this module uses that is not kombu's documented API. The canary test
-#: checks each one exists with the signature (and, for the methods overridden here, the
-#: source) reviewed for the supported kombu versions.
-KOMBU_INTERNALS: tuple[Internal, ...] = (
-    Internal(kombu_redis.Channel, "_brpop_start", "overridden: send the BLMOVE wait"),
-    Internal(kombu_redis.Channel, "_brpop_read", "overridden: read the wait's reply, take"),
-    Internal(kombu_redis.Channel, "_in_poll", "set while a wait is outstanding (the poller)"),
-    Internal(kombu_redis.Channel, "_closing", "read: no take while the channel closes"),
-    Internal(kombu_redis.Channel, "_create_client", "called: the cached client's pool"),
-    Internal(kombu_redis.Channel, "_do_restore_message", "called: put a message back"),
-    Internal(kombu_redis.Channel, "_q_for_pri", "called: a queue's list per priority"),
-    Internal(kombu_redis.QoS, "_remove_from_indices", "called: ZREM + HDEL of a tag"),
-    Internal(kombu_redis.QoS, "restore_by_tag", "overridden: set aside what cannot be restored"),
-    Internal(virtual.QoS, "append", "called: in-memory bookkeeping of a delivered message"),
-    Internal(virtual.QoS, "ack", "called: in-memory acknowledgement"),
-    Internal(kombu_redis.Channel, "basic_consume", "overridden: remember each queue's callback"),
-    Internal(kombu_redis.Channel, "unacked_key", "the hash of unacknowledged messages ('unacked')"),
-    Internal(kombu_redis.Channel, "unacked_index_key", "their index by time ('unacked_index')"),
-    Internal(kombu_redis.Channel, "sep", "joins a queue name and a priority in a list's key"),
-    Internal(
-        kombu_redis.Channel,
-        "_brpop_sent_at",
-        "set when the wait is sent: the poller drops a wait overdue on a half-open socket",
-        since="5.7",
-    ),
-    Internal(
-        kombu_redis.Channel,
-        "_flush_brpop_reauth",
-        "called after the wait's reply: sends a pending re-authentication",
-        since="5.7",
-    ),
+from worker.consumer.items import (
+    TAKE_SCRIPT,
+    Refused,
+    decode_envelope,
+    set_aside_record,
+    undecodable_key,
 )
 
-# Pops messages of one queue (its lists KEYS[3..], in kombu's priority order) while the room
-# ARGV[1] (in events) lasts, and records each as unacknowledged in the same step, as kombu's
-# QoS.append does for one message (ZADD to the index KEYS[1], HSET in KEYS[2] of
-# [payload, exchange, routing_key]) but under a fresh tag ARGV[4].n. The payload is spliced
-# in unparsed, so nothing in it is re-encoded, and it is restored to the queue it was taken
-# from (exchange "" routes by the routing key ARGV[3], the queue's name as JSON), whatever it
-# says. A message counts as its `ai_usage_events` header, as 1 for ai_usage.record, else as
-# the estimate ARGV[5]. Nothing may raise after an RPOP (Redis does not undo it): an item that
-# is not JSON is recorded all the same, and the worker sets it aside. Returns
-# {payload, tag, payload, tag, ...}. Needs Redis >= 6.2 (the wait's BLMOVE).
-_TAKE = """
-local room = tonumber(ARGV[1])
-local estimate = tonumber(ARGV[5])
-local taken = {}
-local n = 0
-for k = 3, #KEYS do
-  while room > 0 do
-    local item = redis.call('RPOP', KEYS[k])
-    if not item then break end
-    n = n + 1
-    local tag = ARGV[4] .. '.' .. n
-    redis.call('ZADD', KEYS[1], ARGV[2], tag)
-    redis.call('HSET', KEYS[2], tag, '[' .. item .. ', "", ' .. ARGV[3] .. ']')
-    taken[#taken + 1] = item
-    taken[#taken + 1] = tag
-    local cost = estimate
-    local ok, msg = pcall(cjson.decode, item)
-    if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
-      local count = msg['headers']['ai_usage_events']
-      if type(count) == 'number' and count >= 1 then
-        cost = count
-      elseif msg['headers']['task'] == 'ai_usage.record' then
-        cost = 1
-      end
-    end
-    room = room - cost
-  end
-  if room <= 0 then break end
-end
-return taken
-"""
-
-
-def decode_envelope(item: bytes) -> Any:
-    """The JSON of a queue item: msgspec reads the common case (a 500-event body is one long
-    string: Python's json spent a tenth of the worker's time here); Python's json what only it
-    reads (lone surrogate escapes, NaN). Raises ValueError when neither can."""
-    try:
-        return msgspec.json.decode(item)
-    except msgspec.DecodeError:
-        return json.loads(item)
-
-
-def undecodable_key(queue: str) -> str:
-    """The Redis list where `queue`'s items that are not messages are set aside."""
-    return queue + UNDECODABLE_SUFFIX
-
-
-def set_aside_record(queue: str, item: bytes, reason: str, tag: str | bytes | None = None) -> str:
-    """What is pushed to the undecodable list: the item, untouched, and why."""
-    if isinstance(tag, bytes):
-        tag = tag.decode("utf-8", "replace")
-    record: dict[str, Any] = {
-        "reason": reason,
-        "queue": queue,
-        "set_aside_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    if tag:
-        record["tag"] = tag
-    try:
-        record["item"] = item.decode("utf-8")
-    except UnicodeDecodeError:
-        record["item_base64"] = base64.b64encode(item).decode()
-    return json.dumps(record)
-
-
-@dataclass
-class Refused:
-    """A taken item the channel could not deliver as a message: the ingest step's
-    `on_refused` hook decides (dead letters if it can read events out of it, else set aside).
-    The item is recorded in `unacked` under `tag` until `channel.settle()` removes it."""
-
-    queue: str
-    item: bytes
-    tag: str
-    reason: str
-    envelope: dict[str, Any] | None
+log = logging.getLogger(__name__)
 
 
 class QoS(kombu_redis.QoS):
@@ -263,7 +132,7 @@ def routing_key_of(record: bytes) -> str:
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, waiting without popping and taking through `_TAKE`."""
+    """kombu's Redis channel, waiting without popping and taking through `TAKE_SCRIPT`."""
 
     QoS = QoS
 
@@ -369,7 +238,7 @@ class Channel(kombu_redis.Channel):
         estimate = 1 if qos.event_room is None else self.unknown_message_events
         with self.conn_or_acquire() as client:
             if self._take_script is None:
-                self._take_script = client.register_script(_TAKE)
+                self._take_script = client.register_script(TAKE_SCRIPT)
             lists = dict.fromkeys(self._key(self._q_for_pri(queue, p)) for p in self.priority_steps)
             flat: list[bytes] = self._take_script(
                 keys=[self._key(qos.unacked_index_key), self._key(qos.unacked_key), *lists],

@@ -8,7 +8,7 @@ from typing import Any
 
 from worker.client.envelope import QUEUE
 from worker.consumer.backlog import HEARTBEAT_TTL_S, Backlog, read_backlog, stale_after_s
-from worker.consumer.transport import undecodable_key
+from worker.consumer.items import undecodable_key
 from worker.health.check import Check
 from worker.settings import Settings, redact_url
 
