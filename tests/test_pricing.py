@@ -46,7 +46,7 @@ def test_unknown_provider_hint_falls_back_to_model() -> None:
 def _usages(rng: random.Random, model_price: object) -> list[dict[str, int]]:
     """Usage vectors on, and on either side of, every tier threshold, with random cache reads,
     cache writes and 5m / 1h write splits inside the prompt."""
-    from worker.ledger.pricing import _shape
+    from worker.ledger.priceshape import shape as _shape
 
     prompts = [0, 1, rng.randint(0, 300_000)]
     for bound in _shape(model_price).bounds:
@@ -75,8 +75,8 @@ def test_fast_path_equals_genai_prices_for_every_model() -> None:
     """The piecewise-linear shortcut must give exactly genai-prices' own result for the full
     usage (cache reads, cache writes, the 5m / 1h write split), tiered prices included, on and
     around every tier threshold, for every model of the snapshot."""
+    from worker.ledger.priceshape import shape as _shape
     from worker.ledger.pricing import Usage as FullUsage
-    from worker.ledger.pricing import _shape
 
     snapshot = data_snapshot.get_snapshot()
     rng = random.Random(7)
@@ -172,8 +172,9 @@ def test_unpriced_usage_details_keep_the_fast_path_and_its_result() -> None:
     """Details a price does not price (Gemini's modality counts, reasoning tokens on most
     models) change nothing in genai-prices' result; the fast path then gives that same result
     without genai-prices' 300 us calculation. A priced detail goes to genai-prices."""
+    from worker.ledger.priceshape import shape as _shape
     from worker.ledger.pricing import Usage as FullUsage
-    from worker.ledger.pricing import _shape, find_model
+    from worker.ledger.pricing import find_model
 
     when = dt.datetime(2026, 9, 1, tzinfo=UTC)
     details = {
