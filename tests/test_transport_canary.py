@@ -15,7 +15,7 @@ from worker.consumer.kombu_internals import KOMBU_INTERNALS, Internal
 
 #: sha256[:16] of each method's source, per reviewed kombu version (5.6.2, 5.7.0). When a new
 #: kombu changes one: read the change, adapt worker/consumer/transport.py if needed, run the
-#: broker and fault suites (`make test-latest`), then add the new hash here.
+#: broker and fault suites (`make test` and `make test-oldest`), then add the new hash here.
 REVIEWED: dict[str, set[str]] = {
     "Channel._brpop_start": {"f2f311d862e9db9b", "06723d707ddf2240"},
     "Channel._brpop_read": {"9a9f7f5a6ad96f48", "c42518699709f2df"},
@@ -79,7 +79,7 @@ def check(internal: Internal) -> None:
         assert digest in REVIEWED[key], (
             f"{where} changed (source {digest}) since it was reviewed against"
             f" worker.consumer.transport ({internal.use}); read the change, adapt the"
-            " transport, run `make test-latest`, then add the hash to REVIEWED"
+            " transport, run `make test` and `make test-oldest`, then add the hash to REVIEWED"
         )
 
 
