@@ -50,7 +50,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "naive_n": 20_000,
         "queued_n": 20_000,
         "latency_samples": 10_000,
-        "rollup_rows": 1_000_000,
+        "rollup_rows": 10_000_000,
         "report_reps": 30,
         "soak_seconds": 300,
     },
@@ -74,7 +74,6 @@ class Plan:
     queued_n: int  # messages of (4) and of the no-op drain
     latency_samples: int
     rollup_rows: int
-    report_small_rows: int
     report_reps: int
     soak_seconds: float
     soak_rate: int
@@ -94,7 +93,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         ("naive_n", "events of the naive baseline (2)"),
         ("queued_n", "messages queued in advance for (4) and the no-op drain"),
         ("latency_samples", "calls timed per latency figure (5)"),
-        ("rollup_rows", "rows of the large log (6)"),
+        ("rollup_rows", "rows this month at the largest of the three sizes of (6)"),
         ("soak_seconds", "length of the memory soak (7); 0 skips it"),
     ):
         p.add_argument(
@@ -146,7 +145,6 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         queued_n=min(n, int(a.queued_n or d["queued_n"])),
         latency_samples=int(size("latency_samples")),
         rollup_rows=rollup_rows,
-        report_small_rows=min(10_000, rollup_rows // 10),
         report_reps=int(d["report_reps"]),
         soak_seconds=size("soak_seconds"),
         soak_rate=a.soak_rate,
@@ -183,13 +181,9 @@ def _notes(plan: Plan, machine: dict[str, Any]) -> list[str]:
     full = DEFAULTS["full"]
     if plan.rollup_rows != full["rollup_rows"]:
         notes.append(
-            f"Scaled down: rollups and the large report use {plan.rollup_rows} rows,"
-            f" not {full['rollup_rows']:,.0f}."
-        )
-    if plan.report_small_rows != full["rollup_rows"] // 100:
-        notes.append(
-            f"Scaled down: the small report uses {plan.report_small_rows} rows,"
-            f" not {full['rollup_rows'] // 100:,.0f}."
+            f"Scaled down: rollups and reports use {plan.rollup_rows // 100}, "
+            f"{plan.rollup_rows // 10} and {plan.rollup_rows} rows, not"
+            f" {full['rollup_rows'] // 100:,.0f} to {full['rollup_rows']:,.0f}."
         )
     if plan.soak_seconds <= 0:
         notes.append("Memory soak skipped: the RSS figures are null.")
@@ -304,9 +298,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             if "rollup" in wanted:
                 raw["rollups"] = phase(
                     "(6) rollups and report",
-                    lambda: rollup.rollups(
-                        stack, tenants, plan.report_small_rows, plan.rollup_rows, plan.report_reps
-                    ),
+                    lambda: rollup.rollups(stack, tenants, plan.rollup_rows, plan.report_reps),
                 )
             machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:

@@ -1,94 +1,226 @@
-"""Figure 6: rolling up a large log, and the report's latency with a small and a large log.
+"""Figure 6: rollups and reports as the month grows (issue 14).
 
-Rows are COPied straight into ai_usage_logs (FKs and the dirty-month trigger apply) over the
-current month and the two before it, for 100 tenants. The report (worker.ledger.report.load_report
-+ render, in-process, table format) reads rollups only, so its latency should not grow with
-the log; it is timed over several repetitions and the median is kept."""
+The current month is loaded to three sizes in turn (big / 100, big / 10, big rows; 50
+tenants), with generate_series in SQL (FKs, indexes and the delta trigger apply), then one
+rollup settles it. At each size:
+- a rollup with nothing new, and one after 2,000 new rows written by the worker's own
+  store_batch (4 batches of 500), medians of 3;
+- the report latency, median of `reps`: the monthly report and each `--by`, in-process (the
+  query and the rendering), for all tenants and, for `--by user`, one tenant;
+At the largest size, a writer stores 500 events every 50 ms (the worker's store_batch) for a
+while without any rollup, then while rollups run every 250 ms in another process (as the
+worker's pool runs them), the first recomputing the whole month from the log (`ai-usage rollup
+--month`, the heaviest run there is): the write p99 and the longest write in each period."""
 
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import statistics
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import text
 
 from bench import data
 from bench.servers import Stack
+from worker.ledger.breakdown import load_breakdown, render_breakdown
+from worker.ledger.ingest import store_batch
+from worker.ledger.pricing import Pricer
 from worker.ledger.report import load_report, render
 from worker.ledger.rollups import month_start, run_rollup
+from worker.ledger.rows import prepare_batch
 
-MONTHS = 3
+TENANTS = 50
+NEW_ROWS = 2000
+WRITE_EVERY_S = 0.05
+WRITE_SECONDS = 6.0
+ROLLUP_EVERY_S = 0.25
+
+_GENERATE = """
+INSERT INTO ai_usage_logs (id, tenant_id, operation, model, input_tokens, output_tokens,
+    total_tokens, cost_usd, duration_ms, success, created_at)
+SELECT gen_random_uuid(), (CAST(:tenants AS uuid[]))[1 + g % :nt],
+       (CAST(:operations AS text[]))[1 + g % 3], (CAST(:models AS text[]))[1 + (g / 3) % 4],
+       100 + g % 5000, 10 + g % 700, 110 + g % 5000 + g % 700,
+       CASE WHEN g % 50 = 0 THEN NULL ELSE 0.00001 * (g % 997) END, 300 + g % 9000,
+       CASE WHEN g % 40 = 0 THEN 'failure' ELSE 'success' END,
+       CAST(:start AS timestamptz) + random() * CAST(:span AS interval)
+FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
+"""
 
 
-def _report_ms(stack: Stack, reps: int) -> dict[str, Any]:
-    month = month_start(dt.datetime.now(dt.UTC))
-    render(load_report(stack.engine, month), "table")  # warm the pool and the plan cache
-    times: list[float] = []
-    lines = 0
-    for _ in range(reps):
+def _median_s(fn: Callable[[], Any], runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
         started = time.perf_counter()
-        out = render(load_report(stack.engine, month), "table")
-        times.append((time.perf_counter() - started) * 1000)
-        lines = out.count("\n") + 1
-    return {
-        "median_ms": round(statistics.median(times), 3),
-        "min_ms": round(min(times), 3),
-        "max_ms": round(max(times), 3),
-        "repetitions": reps,
-        "report_lines": lines,
-    }
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
-def _load(stack: Stack, n: int, tenants: Sequence[str], seed: int) -> float:
-    """Seconds to generate and COPY `n` rows (in chunks of 100k, to bound memory)."""
+def _load(stack: Stack, tenants: Sequence[str], lo: int, hi: int) -> float:
+    """Rows lo..hi-1 of the month so far, a million a statement; seconds."""
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    start = dt.datetime.combine(month_start(now), dt.time(), dt.UTC)
+    span = max(now - start, dt.timedelta(hours=1))
     started = time.perf_counter()
-    for i, start in enumerate(range(0, n, 100_000)):
-        chunk = min(100_000, n - start)
-        data.copy_rows(stack, data.spread_rows(chunk, tenants, MONTHS, seed * 1000 + i))
+    for a in range(lo, hi, 1_000_000):
+        with stack.engine.begin() as conn:
+            conn.execute(
+                text(_GENERATE),
+                {
+                    "tenants": list(tenants),
+                    "nt": len(tenants),
+                    "operations": list(data.OPERATIONS),
+                    "models": list(data.MODELS),
+                    "start": start,
+                    "span": span,
+                    "lo": a,
+                    "hi": min(hi, a + 1_000_000) - 1,
+                },
+            )
     return time.perf_counter() - started
 
 
-def rollups(
-    stack: Stack, tenants: Sequence[str], small: int, big: int, reps: int
-) -> dict[str, Any]:
-    """Report latency with `small` rows, then `big` rows; rollup time of `big` rows."""
-    stack.truncate()
-    _load(stack, small, tenants, seed=1)
-    stack.analyze()
-    run_rollup(stack.engine, wait=True)
-    report_small = _report_ms(stack, reps)
+def _writes(tenants: Sequence[str], n: int, seed: int) -> list[list[dict[str, Any]]]:
+    evs = data.events(n, tenants, seed=seed)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    for e in evs:
+        e["id"] = str(uuid.uuid4())
+        e["created_at"] = now
+    return [evs[i : i + 500] for i in range(0, n, 500)]
 
-    load_s = _load(stack, big - small, tenants, seed=2)
-    stack.analyze()
-    rows = data.count_rows(stack)
-    with stack.engine.connect() as conn:
-        dirty = int(conn.execute(text("SELECT count(*) FROM ai_usage_rollup_dirty")).scalar_one())
-    # As Beat runs it: every dirty tenant-month (all three months here) plus the current month.
-    beat = run_rollup(stack.engine, wait=True)
-    months = sorted({month_start(m) for m in beat.months})
-    again = [run_rollup(stack.engine, months, wait=True).seconds for _ in range(2)]
-    report_big = _report_ms(stack, reps)
-    with stack.engine.connect() as conn:
-        rolled = conn.execute(
-            text("SELECT count(*), coalesce(sum(api_calls), 0) FROM ai_usage_monthly_rollups")
-        ).one()
+
+def _store(stack: Stack, batch: list[dict[str, Any]], pricer: Pricer) -> float:
+    started = time.perf_counter()
+    store_batch(stack.engine, prepare_batch(batch, pricer))
+    return time.perf_counter() - started
+
+
+def _report_ms(fn: Callable[[], str], reps: int) -> float:
+    fn()  # warm the pool and the plan cache
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def _reports(stack: Stack, tenant: uuid.UUID, reps: int) -> dict[str, float]:
+    month = month_start(dt.datetime.now(dt.UTC))
+    last = dt.datetime.now(dt.UTC).date()
+    out = {"monthly": _report_ms(lambda: render(load_report(stack.engine, month), "table"), reps)}
+    for by in ("model", "operation", "day", "user"):
+        who = tenant if by == "user" else None
+        first = max(month, last - dt.timedelta(days=6)) if by == "user" else month
+
+        def one(by: str = by, who: uuid.UUID | None = who, first: dt.date = first) -> str:
+            return render_breakdown(load_breakdown(stack.engine, by, first, last, who), "table")
+
+        out[by] = _report_ms(one, reps)
+    return out
+
+
+def _at_size(stack: Stack, tenants: Sequence[str], reps: int, seed: int) -> dict[str, Any]:
+    pricer = Pricer()
+    run_rollup(stack.engine, wait=True)
+    idle = _median_s(lambda: run_rollup(stack.engine, wait=True))
+    new: list[float] = []
+    for k in range(3):
+        for batch in _writes(tenants, NEW_ROWS, seed * 10 + k):
+            _store(stack, batch, pricer)
+        started = time.perf_counter()
+        result = run_rollup(stack.engine, wait=True)
+        new.append(time.perf_counter() - started)
+    return {
+        "rows": data.count_rows(stack),
+        "rollup_nothing_new_s": round(idle, 4),
+        "rollup_2k_new_s": round(statistics.median(new), 4),
+        "rollup_2k_new_runs_s": [round(s, 4) for s in new],
+        "buckets_folded_2k": result.buckets,
+        "report_ms": _reports(stack, uuid.UUID(tenants[0]), reps),
+    }
+
+
+def _rollup_loop(url: str, stop: Any, runs: Any) -> None:
+    """In a process of its own, as the worker's pool child runs the rollup task: the month
+    recomputed from the log, then rollups every ROLLUP_EVERY_S until `stop`."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    month = month_start(dt.datetime.now(dt.UTC))
+    first = True
+    while not stop.is_set():
+        started = time.perf_counter()
+        run_rollup(engine, [month] if first else None, wait=True)
+        runs.append(time.perf_counter() - started)
+        first = False
+        stop.wait(ROLLUP_EVERY_S)
+    engine.dispose()
+
+
+def _write_latency(stack: Stack, tenants: Sequence[str], during: bool) -> dict[str, Any]:
+    """A writer every 50 ms for WRITE_SECONDS; with `during`, rollups run meanwhile (in
+    another process), the first recomputing the month from the log."""
+    pricer = Pricer()
+    batches = _writes(tenants, int(WRITE_SECONDS / WRITE_EVERY_S) * 500, seed=77 + during)
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    stop, runs = manager.Event(), manager.list()
+    url = stack.engine.url.render_as_string(hide_password=False)
+    child = ctx.Process(target=_rollup_loop, args=(url, stop, runs), daemon=True)
+    if during:
+        child.start()
+        time.sleep(1.0)  # the child is up and its month recompute under way
+    latencies = []
+    try:
+        for batch in batches:
+            due = time.perf_counter() + WRITE_EVERY_S
+            latencies.append(_store(stack, batch, pricer))
+            time.sleep(max(0.0, due - time.perf_counter()))
+    finally:
+        stop.set()
+        if during:
+            child.join(120)
+        done = list(runs)
+        manager.shutdown()
+    latencies.sort()
+    return {
+        "writes": len(latencies),
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 3),
+        "max_ms": round(latencies[-1] * 1000, 3),
+        "rollups_during": len(done),
+        "longest_rollup_s": round(max(done), 3) if done else None,
+    }
+
+
+def rollups(stack: Stack, tenants: Sequence[str], big: int, reps: int) -> dict[str, Any]:
+    """The figures at big / 100, big / 10 and big rows this month; write latency at big."""
     stack.truncate()
+    tenants = list(tenants[:TENANTS])
+    sizes: dict[str, Any] = {}
+    loaded = 0
+    load_s = 0.0
+    for label, size in (("small", big // 100), ("mid", big // 10), ("big", big)):
+        load_s += _load(stack, tenants, loaded, size)
+        loaded = size
+        stack.analyze()
+        sizes[label] = _at_size(stack, tenants, reps, seed=len(sizes))
+    write_alone = _write_latency(stack, tenants, during=False)
+    write_during = _write_latency(stack, tenants, during=True)
+    stack.truncate()
+    small, top = sizes["small"], sizes["big"]
     return {
         "tenants": len(tenants),
-        "months": MONTHS,
-        "rows": rows,
-        "rows_small": small,
-        "load_seconds": round(load_s, 3),
-        "load_rows_per_s": round((big - small) / load_s) if load_s else None,
-        "dirty_tenant_months": dirty,
-        "rollup_seconds": round(beat.seconds, 4),
-        "rollup_rerun_seconds": [round(s, 4) for s in again],
-        "rollup_rows_written": beat.rows_written,
-        "rollup_rows": int(rolled[0]),
-        "rolled_up_calls": int(rolled[1]),
-        "report_small": report_small,
-        "report_big": report_big,
+        "load_seconds": round(load_s, 1),
+        "sizes": sizes,
+        "write_without_rollup": write_alone,
+        "write_during_rollups": write_during,
+        "rollup_2k_big_over_small": top["rollup_2k_new_s"] / small["rollup_2k_new_s"],
+        "stall_over_p99": write_during["max_ms"] / write_alone["p99_ms"],
     }

@@ -26,7 +26,12 @@ from worker.settings import normalise_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Tables emptied between phases, so that every phase starts from the same state.
-LOG_TABLES = ("ai_usage_logs", "ai_usage_rollup_dirty", "ai_usage_monthly_rollups")
+LOG_TABLES = (
+    "ai_usage_logs",
+    "ai_usage_rollup_deltas",
+    "ai_usage_daily_rollups",
+    "ai_usage_monthly_rollups",
+)
 
 
 @dataclass

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     check_queue_age_s: float = Field(600.0, gt=0, validation_alias="AI_USAGE_CHECK_QUEUE_AGE_S")
     #: Seconds between two Beat runs of ai_usage.rollup_monthly.
     rollup_interval_s: float = Field(300.0, ge=1, validation_alias="AI_USAGE_ROLLUP_INTERVAL_S")
+    #: Retention: Beat runs `ai_usage.prune` daily, deleting raw rows of months that began
+    #: more than this many months before the current one (rollups kept). Unset: never.
+    retention_months: int | None = Field(None, ge=1, validation_alias="AI_USAGE_RETENTION_MONTHS")
     #: JSON file of operator price overrides (see README, Pricing). Empty: none.
     price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
     #: Port of the Prometheus endpoint served by worker and beat; 0 turns it off.
@@ -103,6 +106,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="AI_USAGE_LOG_LEVEL"
     )
+
+    @field_validator("retention_months", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `AI_USAGE_RETENTION_MONTHS=` (as in .env.example) means: no retention.
+        return None if value == "" else value
 
     @field_validator("database_url")
     @classmethod

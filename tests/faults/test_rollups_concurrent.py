@@ -57,8 +57,8 @@ def _diff(spec: dict[Any, Any], rolled: dict[Any, Any]) -> list[Any]:
 
 
 def _when(rng: random.Random) -> str:
-    """Now, or a moment in one of the two previous months (their rollups only follow the
-    dirty marks: the current month is recomputed on every run anyway)."""
+    """Now, or a moment in one of the two previous months (late data: only its deltas tell a
+    run that those months changed)."""
     now = dt.datetime.now(dt.UTC)
     back = rng.choice((0, 0, 1, 2))
     if back == 0:
@@ -131,15 +131,15 @@ def test_two_beats_and_concurrent_rollups(stack: Stack, fault_summary: Summary) 
 
 
 def test_rows_committed_during_a_rollup_are_not_missed(stack: Stack) -> None:
-    """A writer adds a row for a past month whose dirty mark already exists; before it commits,
-    a rollup starts. Were the rollup to take the mark and recompute without the row, no later
-    run would recompute the month and its rollup would stay short of the log (the bug this
-    found); the rollup now waits for the writer."""
+    """A writer adds a row for a past month that already has changes waiting; before it
+    commits, a rollup starts. The rollup neither waits for the writer nor consumes its delta
+    (invisible to its snapshot): the next run counts the row. (With the earlier dirty marks, a
+    rollup that took the mark without the row left the month short for good.)"""
     tenant = stack.tenant("race")
     past = month_start(month_start(dt.datetime.now(dt.UTC)) - dt.timedelta(days=1))
     when = dt.datetime(past.year, past.month, 10, tzinfo=dt.UTC).isoformat()
     first = good_event(tenant, created_at=when)
-    write_batch(stack.engine, [first], default_pricer())  # marks (tenant, past) dirty
+    write_batch(stack.engine, [first], default_pricer())  # a delta for (tenant, past) waits
 
     second = good_event(tenant, created_at=when)
     writer = stack.engine.connect()
@@ -152,8 +152,8 @@ def test_rows_committed_during_a_rollup_are_not_missed(stack: Stack) -> None:
         ),
         {"id": uuid.UUID(second["id"]), "t": tenant, "c": when},
     )
-    # A rollup starts while the writer has not committed yet (if it waits for the writer,
-    # it is not blocked forever: the writer commits a second later).
+    # A rollup starts while the writer has not committed yet (were it to wait for the writer,
+    # it would not be blocked forever: the writer commits a second later).
     rollup = threading.Thread(target=run_rollup, args=(stack.engine,))
     rollup.start()
     time.sleep(1)

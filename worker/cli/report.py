@@ -1,4 +1,4 @@
-"""`ai-usage report`, `rollup` and `reprice`: the numbers, from the rollups."""
+"""`ai-usage report`, `rollup`, `reprice` and `prune`: the numbers, from the rollups."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from worker.cli.common import EXIT_OK, database, require_tenant, say, tenant_id
+from worker.cli.common import EXIT_OK, UsageError, database, require_tenant, say, tenant_id
 
 
 def month(value: str) -> dt.date:
     """An argparse type: `YYYY-MM`."""
-    from worker.ledger.rollups import parse_month
+    from worker.ledger.months import parse_month
 
     try:
         return parse_month(value)
@@ -19,42 +19,93 @@ def month(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def day(value: str) -> dt.date:
+    """An argparse type: `YYYY-MM-DD`."""
+    from worker.ledger.months import parse_day
+
+    try:
+        return parse_day(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def age(value: str) -> int:
+    """An argparse type: a number of months, `13m`."""
+    from worker.ledger.months import parse_age_months
+
+    try:
+        return parse_age_months(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(sub: Any) -> None:
-    r = sub.add_parser("report", help="monthly per-tenant usage, from the rollups")
+    r = sub.add_parser(
+        "report", help="usage per tenant for a month, or by model/operation/day/user"
+    )
     r.add_argument("--month", type=month, help="YYYY-MM (default: this month, UTC)")
     r.add_argument("--tenant", type=tenant_id, help="only this tenant id")
+    r.add_argument("--by", choices=("model", "operation", "day", "user"), help="break down by")
+    r.add_argument("--from", dest="first", type=day, help="with --by: first UTC day, YYYY-MM-DD")
+    r.add_argument("--to", dest="last", type=day, help="with --by: last UTC day (inclusive)")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table")
     r.set_defaults(handler=report)
 
-    ru = sub.add_parser("rollup", help="recompute rollups now")
-    ru.add_argument("--month", type=month, help="YYYY-MM (default: changed months + this month)")
+    ru = sub.add_parser("rollup", help="fold changes into the rollups now, or recompute a month")
+    ru.add_argument("--month", type=month, help="YYYY-MM: recompute it from the log")
     ru.set_defaults(handler=rollup)
 
     rp = sub.add_parser("reprice", help="price rows whose cost_usd is NULL, then refresh rollups")
     rp.add_argument("--month", type=month, help="YYYY-MM (default: every month)")
     rp.set_defaults(handler=reprice)
 
+    pr = sub.add_parser("prune", help="delete raw rows of closed months (rollups are kept)")
+    pr.add_argument(
+        "--older-than",
+        type=age,
+        required=True,
+        help="months to keep before the current one, e.g. 13m",
+    )
+    pr.add_argument("--batch", type=int, default=5000, help="rows per delete transaction")
+    pr.set_defaults(handler=prune)
+
 
 def report(args: argparse.Namespace) -> int:
-    from worker.ledger.report import load_report, render
-    from worker.ledger.rollups import month_start
+    from worker.ledger.months import month_start
 
     engine = database()
     if args.tenant is not None:
         require_tenant(engine, args.tenant)
-    chosen = args.month or month_start(dt.datetime.now(dt.UTC))
-    say(render(load_report(engine, chosen, args.tenant), args.format))
+    if args.by is None:
+        if args.first or args.last:
+            raise UsageError("--from/--to go with --by (the monthly report takes --month)")
+        from worker.ledger.report import load_report, render
+
+        chosen = args.month or month_start(dt.datetime.now(dt.UTC))
+        say(render(load_report(engine, chosen, args.tenant), args.format))
+        return EXIT_OK
+    from worker.ledger.breakdown import default_range, load_breakdown, render_breakdown
+
+    first, last = default_range(args.month)
+    try:
+        b = load_breakdown(engine, args.by, args.first or first, args.last or last, args.tenant)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    say(render_breakdown(b, args.format))
     return EXIT_OK
 
 
 def rollup(args: argparse.Namespace) -> int:
-    from worker.ledger.rollups import run_rollup
+    from worker.ledger.rollups import ClosedMonthError, run_rollup
 
-    result = run_rollup(database(), [args.month] if args.month else None, wait=True)
-    months = ", ".join(m.strftime("%Y-%m") for m in result.months)
+    try:
+        result = run_rollup(database(), [args.month] if args.month else None, wait=True)
+    except ClosedMonthError as exc:
+        raise UsageError(str(exc)) from None
+    months = ", ".join(m.strftime("%Y-%m") for m in result.months) or "nothing new"
     say(
-        f"rolled up {months}: {result.rows_written} rows written, "
-        f"{result.rows_deleted} stale rows removed in {result.seconds:.2f}s"
+        f"rolled up {months}: {result.buckets} daily buckets folded, {result.rows_written}"
+        f" monthly rows written, {result.rows_deleted} emptied in {result.seconds:.2f}s"
     )
     return EXIT_OK
 
@@ -67,4 +118,21 @@ def reprice(args: argparse.Namespace) -> int:
     say(f"priced {rp.priced} rows; {rp.still_unpriced} rows still have no known price")
     if rp.months:
         say("rollups refreshed for " + ", ".join(m.strftime("%Y-%m") for m in rp.months))
+    return EXIT_OK
+
+
+def prune(args: argparse.Namespace) -> int:
+    from worker.ledger.retention import prune as prune_rows
+
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    result = prune_rows(database(), args.older_than, batch=args.batch)
+    if not result.months:
+        say(f"nothing before {result.cutoff:%Y-%m} to prune")
+        return EXIT_OK
+    closed = ", ".join(m.strftime("%Y-%m") for m in result.months)
+    say(
+        f"closed {closed} (rollups kept, final); deleted"
+        f" {sum(result.rows_deleted.values())} raw rows"
+    )
     return EXIT_OK

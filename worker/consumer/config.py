@@ -67,6 +67,13 @@ beat_schedule = {
         "options": {"expires": _s.rollup_interval_s, "queue": PERIODIC_QUEUE},
     }
 }
+if _s.retention_months:
+    beat_schedule["ai-usage-prune"] = {
+        "task": "ai_usage.prune",
+        "schedule": 86400.0,
+        "kwargs": {"older_than_months": _s.retention_months},
+        "options": {"expires": 86400.0, "queue": PERIODIC_QUEUE},
+    }
 
 if _s.beat_scheduler == "redbeat":
     # Standby beats: only the holder of the Redis lock sends; another takes over within

@@ -34,10 +34,18 @@ def record_batch(events: list[Any]) -> dict[str, int]:
 
 @app.task(name="ai_usage.rollup_monthly", acks_late=True)
 def rollup_monthly() -> dict[str, Any]:
-    """Recompute the current month and every month with changed rows (Beat, every 5 min)."""
+    """Fold the log's changes into the daily and monthly rollups (Beat, every 5 min)."""
     from worker.ledger.rollups import run_rollup
 
     return run_rollup(get_engine()).as_dict()
+
+
+@app.task(name="ai_usage.prune", acks_late=True)
+def prune(older_than_months: int) -> dict[str, Any]:
+    """Retention (Beat, daily, when AI_USAGE_RETENTION_MONTHS is set): see ai-usage prune."""
+    from worker.ledger.retention import prune as prune_rows
+
+    return prune_rows(get_engine(), older_than_months).as_dict()
 
 
 def _summary(result: WriteResult) -> dict[str, int]:

@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from worker import metrics
 from worker.client.errors import TransientError
 from worker.ledger.deadletters import store_dead_letters
+from worker.ledger.months import month_start
 from worker.ledger.pricing import Pricer
 from worker.ledger.rows import (
     COLUMNS,
@@ -197,6 +198,9 @@ def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
 def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
     """Insert `rows`; rows with missing parents are found in one query and dead-lettered, then
     anything else the database refuses is isolated by bisection."""
+    rows = _refuse_closed(cur, rows, result)
+    if not rows:
+        return
     cur.execute("SAVEPOINT batch")
     try:
         _attempt(cur, rows, result)
@@ -222,6 +226,29 @@ def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
         _isolate(cur, rows, result)
         return
     cur.execute("RELEASE SAVEPOINT batch")
+
+
+def _refuse_closed(cur: Any, rows: Sequence[Row], result: WriteResult) -> Sequence[Row]:
+    """Rows of months retention closed are dead-lettered: their raw rows were pruned and their
+    rollups are final, so a late event for one would be counted nowhere."""
+    cur.execute("SELECT month FROM ai_usage_closed_months")
+    closed = {month for (month,) in cur.fetchall()}
+    if not closed:
+        return rows
+    kept: list[Row] = []
+    for row in rows:
+        at = row.event.created_at
+        month = month_start(at)
+        if month not in closed:
+            kept.append(row)
+            continue
+        reason = (
+            f"created_at: {at.isoformat()} falls in {month:%Y-%m}, a month closed by retention"
+            " (its raw rows were pruned and its rollups are final); late events for a closed"
+            " month are refused"
+        )
+        result.dead_letters.append(DeadLetter(row.payload, reason, "created_at", row.event.id))
+    return kept
 
 
 def _orphans(cur: Any, rows: Sequence[Row]) -> dict[uuid.UUID, str]:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     func,
@@ -175,14 +176,57 @@ class AIUsageMonthlyRollup(Base):
     )
 
 
-class AIUsageRollupDirty(Base):
-    """Tenant-months whose log rows changed since the last rollup; filled by a statement trigger
-    on ai_usage_logs, so writes from any producer (or a manual DELETE) are seen."""
+class _Bucket:
+    """The key and measures of a rollup bucket: tenant, UTC day, model, operation, success."""
 
-    __tablename__ = "ai_usage_rollup_dirty"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    model: Mapped[str] = mapped_column(String(100), nullable=False)
+    operation: Mapped[str] = mapped_column(String(100), nullable=False)
+    success: Mapped[str] = mapped_column(String(20), nullable=False)
+    api_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    failed_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: The exact sum of the priced rows' costs; unpriced rows are counted, not summed.
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+
+class AIUsageRollupDelta(_Bucket, Base):
+    """What one statement on ai_usage_logs changed in a bucket (signed), appended by a trigger
+    in the writer's transaction; folded into the daily rollups, then deleted, by a run."""
+
+    __tablename__ = "ai_usage_rollup_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+
+
+class AIUsageDailyRollup(_Bucket, Base):
+    """Per tenant, UTC day, model, operation and success: calls, tokens, cost."""
+
+    __tablename__ = "ai_usage_daily_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint(
+            "tenant_id", "day", "model", "operation", "success", name="pk_ai_usage_daily_rollups"
+        ),
+        Index("idx_ai_usage_daily_rollups_day", "day"),
+    )
+
+    computed_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageClosedMonth(Base):
+    """A month whose raw rows retention pruned: its rollups are final, late events refused."""
+
+    __tablename__ = "ai_usage_closed_months"
+
     month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    closed_at: Mapped[dt.datetime] = _created_at()
+    rows_pruned: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
 
 class AIUsageRollupState(Base):

@@ -13,6 +13,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, text
 
+from worker.ledger.months import next_month
+
 COLUMNS = (
     "tenant_id",
     "tenant_name",
@@ -73,9 +75,14 @@ def load_report(
     scope = nullcontext(engine) if isinstance(engine, Connection) else engine.connect()
     with scope as conn:
         rows = [ReportRow(*r) for r in conn.execute(text(sql), params)]
-        pending_sql = "SELECT count(*) FROM ai_usage_rollup_dirty WHERE month = :month"
+        # Tenants with changes not folded yet (the delta table holds only those: it is small).
+        pending_sql = (
+            "SELECT count(DISTINCT tenant_id) FROM ai_usage_rollup_deltas"
+            " WHERE day >= :month AND day < :after"
+        )
         if tenant is not None:
             pending_sql += " AND tenant_id = :tenant"
+        params["after"] = next_month(month)
         pending = int(conn.execute(text(pending_sql), params).scalar_one())
     return Report(month, rows, pending)
 

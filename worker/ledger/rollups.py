@@ -1,10 +1,19 @@
-"""Monthly per-tenant rollups, recomputed from the log (never incremented), and repricing.
+"""Rollups: daily buckets (tenant, UTC day, model, operation, success) folded from the
+log's transactional deltas, and the monthly per-tenant rows derived from them.
 
-A statement trigger on ai_usage_logs marks each (tenant, month) a write touches in
-ai_usage_rollup_dirty. A run takes those marks, adds the current UTC month (all tenants), and
-replaces each affected rollup row with the spec's aggregate over [first of month, first of
-next month) UTC; a tenant-month left with no rows loses its rollup row. Runs are serialised by
-a transaction-level advisory lock, so concurrent or repeated runs give the same result.
+Every statement on ai_usage_logs appends what it changed, per bucket and signed, to
+ai_usage_rollup_deltas, in the writer's own transaction (the trigger of revision f6a7b8c9d0e1).
+A run, in one REPEATABLE READ transaction:
+1. deletes the deltas its snapshot sees and adds them into the daily rows;
+2. drops the buckets left with no call;
+3. recomputes the monthly rows of the tenant-months it touched from their daily rows.
+A delta is visible exactly when its rows are, and a run consumes what it sees in the same
+transaction it folds it, so a row committed at any moment is counted once: by this run or by the
+next. Writers only append deltas, so nothing a run holds makes them wait, and a run's cost is
+that of what changed since the last, not that of the month. Runs are serialised by a session
+advisory lock, taken before the snapshot. The sums are NUMERIC and integers: exact whatever the
+order, so folding equals recomputing (the randomised tests compare every bucket with the log).
+`ai-usage rollup --month` recomputes months from the log outright.
 """
 
 from __future__ import annotations
@@ -12,40 +21,38 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from worker import metrics
-from worker.ledger.pricing import Pricer, PricingError, Usage
+from worker.ledger import rollup_sql as sql
+from worker.ledger.months import month_bounds, month_start, next_month, parse_month
+from worker.ledger.reprice import RepriceResult, reprice
 
-#: pg_advisory_xact_lock key of the rollup ("aiusage" in ASCII, as a bigint).
+__all__ = [
+    "ROLLUP_LOCK_KEY",
+    "ClosedMonthError",
+    "RepriceResult",
+    "RollupResult",
+    "closed_months",
+    "month_bounds",
+    "month_start",
+    "parse_month",
+    "reprice",
+    "rollup_lock",
+    "run_rollup",
+]
+
+#: Advisory lock key of the rollup ("aiusage" in ASCII, as a bigint).
 ROLLUP_LOCK_KEY = 0x616975736167
 
 
-def month_start(value: dt.date | dt.datetime) -> dt.date:
-    """The first day of `value`'s month (a datetime is taken in UTC)."""
-    if isinstance(value, dt.datetime):
-        value = value.astimezone(dt.UTC).date() if value.tzinfo else value.date()
-    return value.replace(day=1)
-
-
-def month_bounds(month: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """[first of month, first of next month) as UTC datetimes."""
-    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
-    nxt = dt.datetime(month.year + (month.month == 12), month.month % 12 + 1, 1, tzinfo=dt.UTC)
-    return start, nxt
-
-
-def parse_month(value: str) -> dt.date:
-    """`YYYY-MM` to the first day of that month; ValueError names the expected form."""
-    try:
-        return dt.datetime.strptime(value, "%Y-%m").date()
-    except ValueError:
-        raise ValueError(f"month must look like YYYY-MM, got {value!r}") from None
+class ClosedMonthError(ValueError):
+    """A month retention closed cannot be recomputed: its raw rows are gone."""
 
 
 @dataclass
@@ -54,6 +61,7 @@ class RollupResult:
 
     ran: bool
     months: list[dt.date] = field(default_factory=list)
+    buckets: int = 0
     rows_written: int = 0
     rows_deleted: int = 0
     seconds: float = 0.0
@@ -62,75 +70,32 @@ class RollupResult:
         return {
             "ran": self.ran,
             "months": [m.isoformat() for m in self.months],
+            "buckets": self.buckets,
             "rows_written": self.rows_written,
             "rows_deleted": self.rows_deleted,
             "seconds": round(self.seconds, 3),
         }
 
 
-_AGGREGATE = """
-WITH agg AS (
-    SELECT tenant_id,
-           COUNT(*) AS api_calls,
-           SUM(input_tokens) AS total_input_tokens,
-           SUM(output_tokens) AS total_output_tokens,
-           SUM(total_tokens) AS total_tokens,
-           SUM(cost_usd::numeric) AS total_cost_usd,
-           COUNT(*) FILTER (WHERE success = 'failure') AS failed_calls,
-           COUNT(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
-           COALESCE(SUM(cache_read_tokens), 0) AS total_cache_read_tokens,
-           COALESCE(SUM(cache_write_tokens), 0) AS total_cache_write_tokens
-    FROM ai_usage_logs
-    WHERE created_at >= :start AND created_at < :end {tenant_filter}
-    GROUP BY tenant_id
-), upserted AS (
-    INSERT INTO ai_usage_monthly_rollups (
-        tenant_id, month, api_calls, total_input_tokens, total_output_tokens, total_tokens,
-        total_cost_usd, failed_calls, unpriced_calls, total_cache_read_tokens,
-        total_cache_write_tokens, computed_at)
-    SELECT tenant_id, :month, api_calls, total_input_tokens, total_output_tokens, total_tokens,
-           total_cost_usd, failed_calls, unpriced_calls, total_cache_read_tokens,
-           total_cache_write_tokens, now()
-    FROM agg
-    ON CONFLICT (tenant_id, month) DO UPDATE SET
-        api_calls = EXCLUDED.api_calls,
-        total_input_tokens = EXCLUDED.total_input_tokens,
-        total_output_tokens = EXCLUDED.total_output_tokens,
-        total_tokens = EXCLUDED.total_tokens,
-        total_cost_usd = EXCLUDED.total_cost_usd,
-        failed_calls = EXCLUDED.failed_calls,
-        unpriced_calls = EXCLUDED.unpriced_calls,
-        total_cache_read_tokens = EXCLUDED.total_cache_read_tokens,
-        total_cache_write_tokens = EXCLUDED.total_cache_write_tokens,
-        computed_at = EXCLUDED.computed_at
-    RETURNING 1
-), deleted AS (
-    DELETE FROM ai_usage_monthly_rollups r
-    WHERE r.month = :month {rollup_filter}
-      AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.tenant_id = r.tenant_id)
-    RETURNING 1
-)
-SELECT (SELECT COUNT(*) FROM upserted), (SELECT COUNT(*) FROM deleted)
-"""
+@contextmanager
+def rollup_lock(conn: Connection, wait: bool) -> Iterator[bool]:
+    """Hold the rollup's session advisory lock on `conn` (outside any snapshot the run takes).
+    Yields False, holding nothing, when another run has it and `wait` is false."""
+    fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+    got = conn.execute(text(f"SELECT {fn}(:k)"), {"k": ROLLUP_LOCK_KEY}).scalar()
+    got = True if wait else bool(got)
+    conn.commit()
+    try:
+        yield got
+    finally:
+        if got:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ROLLUP_LOCK_KEY})
+            conn.commit()
 
 
-def recompute_month(
-    conn: Connection, month: dt.date, tenants: Iterable[uuid.UUID] | None = None
-) -> tuple[int, int]:
-    """Replace the rollup rows of `month` (all tenants, or only `tenants`) from the log.
-    Returns (rows written, stale rows deleted). The caller holds the rollup lock."""
-    start, end = month_bounds(month)
-    params: dict[str, Any] = {"start": start, "end": end, "month": month}
-    if tenants is None:
-        sql = _AGGREGATE.format(tenant_filter="", rollup_filter="")
-    else:
-        params["tenants"] = list(tenants)
-        sql = _AGGREGATE.format(
-            tenant_filter="AND tenant_id = ANY(CAST(:tenants AS uuid[]))",
-            rollup_filter="AND r.tenant_id = ANY(CAST(:tenants AS uuid[]))",
-        )
-    written, deleted = conn.execute(text(sql), params).one()
-    return int(written), int(deleted)
+def closed_months(conn: Connection) -> set[dt.date]:
+    """The months retention has closed."""
+    return set(conn.execute(text("SELECT month FROM ai_usage_closed_months")).scalars())
 
 
 def run_rollup(
@@ -140,117 +105,68 @@ def run_rollup(
     wait: bool = False,
     now: dt.datetime | None = None,
 ) -> RollupResult:
-    """One rollup run.
-
-    With `months` None (Beat): the dirty tenant-months plus the whole current month. With
-    `months` given (CLI): those months, all tenants. If another run holds the lock, returns
-    `ran=False` at once, or waits for it when `wait`."""
+    """One run: fold the deltas, and with `months` (the CLI) recompute those months from the
+    log. Returns `ran=False` at once if another run holds the lock, unless `wait`. `now` is
+    accepted for callers of the earlier API; a run no longer depends on the date."""
+    del now
     started = time.perf_counter()
-    today = month_start(now or dt.datetime.now(dt.UTC))
-    result = RollupResult(ran=True)
-    with engine.begin() as conn:
-        if wait:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK_KEY})
-        elif not conn.execute(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK_KEY}
-        ).scalar_one():
-            return RollupResult(ran=False)
-        # Wait for every writer that has marked a month dirty to commit, and hold off new
-        # marks until this run commits: a writer whose mark already existed would otherwise
-        # commit rows this run cannot see after it has taken (deleted) that mark.
-        conn.execute(text("LOCK TABLE ai_usage_rollup_dirty IN SHARE ROW EXCLUSIVE MODE"))
-        plan: dict[dt.date, set[uuid.UUID] | None] = {}
-        if months is None:
-            dirty: dict[dt.date, set[uuid.UUID]] = defaultdict(set)
-            for tenant_id, month in conn.execute(
-                text("DELETE FROM ai_usage_rollup_dirty RETURNING tenant_id, month")
-            ):
-                dirty[month].add(tenant_id)
-            plan.update(dirty)
-            plan[today] = None
-        else:
-            for month in months:
-                plan[month_start(month)] = None
-            conn.execute(
-                text("DELETE FROM ai_usage_rollup_dirty WHERE month = ANY(CAST(:m AS date[]))"),
-                {"m": list(plan)},
-            )
-        for month in sorted(plan):
-            written, deleted = recompute_month(conn, month, plan[month])
-            result.rows_written += written
-            result.rows_deleted += deleted
-        result.months = sorted(plan)
-        result.seconds = time.perf_counter() - started
-        conn.execute(
-            text(
-                "INSERT INTO ai_usage_rollup_state (id, last_success_at, last_duration_ms,"
-                " months_recomputed) VALUES (1, now(), :ms, :n) ON CONFLICT (id) DO UPDATE SET"
-                " last_success_at = EXCLUDED.last_success_at,"
-                " last_duration_ms = EXCLUDED.last_duration_ms,"
-                " months_recomputed = EXCLUDED.months_recomputed"
-            ),
-            {"ms": int(result.seconds * 1000), "n": len(plan)},
-        )
+    recompute = sorted({month_start(m) for m in months or ()})
+    with engine.connect() as raw:
+        conn = raw.execution_options(isolation_level="REPEATABLE READ")
+        with rollup_lock(conn, wait) as got:
+            if not got:
+                return RollupResult(ran=False)
+            with conn.begin():
+                closed = closed_months(conn) & set(recompute)
+                if closed:
+                    names = ", ".join(m.strftime("%Y-%m") for m in sorted(closed))
+                    raise ClosedMonthError(
+                        f"month {names} is closed by retention (its raw rows were pruned):"
+                        " its rollups are final and cannot be recomputed"
+                    )
+                result = _run(conn, recompute)
+                result.seconds = time.perf_counter() - started
+                conn.execute(
+                    text(sql.STATE), {"ms": int(result.seconds * 1000), "n": len(result.months)}
+                )
     metrics.ROLLUP_SECONDS.observe(result.seconds)
     metrics.ROLLUP_LAST_SUCCESS.set_to_current_time()
     return result
 
 
-@dataclass
-class RepriceResult:
-    """What `reprice` did."""
-
-    priced: int
-    still_unpriced: int
-    months: list[dt.date]
-
-
-def reprice(
-    engine: Engine, pricer: Pricer, month: dt.date | None = None, chunk: int = 5000
-) -> RepriceResult:
-    """Price rows whose cost_usd is NULL at their own created_at, where a price now exists.
-    Rows that already have a cost are never touched. Then refreshes the affected rollups."""
-    where = "cost_usd IS NULL"
-    params: dict[str, Any] = {}
-    if month is not None:
+def _run(conn: Connection, recompute: list[dt.date]) -> RollupResult:
+    result = RollupResult(ran=True)
+    touched: set[tuple[uuid.UUID, dt.date]] = set()
+    empty: list[tuple[Any, ...]] = []
+    for tenant, day, model, operation, success, calls in conn.execute(text(sql.FOLD)):
+        result.buckets += 1
+        touched.add((tenant, month_start(day)))
+        if calls == 0:
+            empty.append((tenant, day, model, operation, success))
+    if empty:
+        cols = list(zip(*empty, strict=True))
+        conn.execute(
+            text(sql.DROP_EMPTY),
+            {
+                "t": list(cols[0]),
+                "d": list(cols[1]),
+                "m": list(cols[2]),
+                "o": list(cols[3]),
+                "s": list(cols[4]),
+            },
+        )
+    for month in recompute:
         start, end = month_bounds(month)
-        where += " AND created_at >= :start AND created_at < :end"
-        params = {"start": start, "end": end}
-    priced = 0
-    still = 0
-    months: set[dt.date] = set()
-    with engine.begin() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, model, provider, input_tokens, output_tokens, cache_read_tokens,"
-                " cache_write_tokens, usage_details, success, created_at FROM ai_usage_logs"
-                f" WHERE {where} ORDER BY created_at"
-            ),
-            params,
-        ).all()
-        updates: list[dict[str, Any]] = []
-        for row_id, model, provider, inp, out, read, write, details, ok, created_at in rows:
-            usage = Usage(inp, out, read or 0, write or 0, details or {})
-            if usage.is_empty() and ok == "success":
-                still += 1  # no usage reported: unknown, never free
-                continue
-            try:
-                cost = pricer.price_usage(model, provider, usage, created_at)
-            except PricingError:
-                cost = None
-            if cost is None:
-                still += 1
-                continue
-            updates.append({"id": row_id, "cost": float(cost)})
-            months.add(month_start(created_at))
-        for i in range(0, len(updates), chunk):
-            res = conn.execute(
-                text(
-                    "UPDATE ai_usage_logs SET cost_usd = :cost WHERE id = :id AND cost_usd IS NULL"
-                ),
-                updates[i : i + chunk],
-            )
-            priced += res.rowcount
-    if months:
-        run_rollup(engine, sorted(months), wait=True)
-    return RepriceResult(priced=priced, still_unpriced=still, months=sorted(months))
+        bounds = {"first": month, "after": next_month(month), "start": start, "end": end}
+        tenants = set(conn.execute(text(sql.MONTH_TENANTS), bounds).scalars())
+        touched.update((t, month) for t in tenants)
+        conn.execute(text(sql.CLEAR_DAYS), bounds)
+        conn.execute(text(sql.FROM_LOG), bounds)
+    if touched:
+        pairs = sorted(touched)
+        written, deleted = conn.execute(
+            text(sql.MONTHLY), {"t": [t for t, _ in pairs], "m": [m for _, m in pairs]}
+        ).one()
+        result.rows_written, result.rows_deleted = int(written), int(deleted)
+    result.months = sorted({m for _, m in touched})
+    return result

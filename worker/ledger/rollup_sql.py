@@ -1,0 +1,113 @@
+"""The SQL of a rollup run (worker.ledger.rollups): fold the visible deltas into the daily
+rollups, drop emptied buckets, derive the monthly rows, recompute a month from the log."""
+
+from __future__ import annotations
+
+#: The measures of a bucket, in the column order of the delta and daily tables.
+MEASURES = (
+    "api_calls",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "unpriced_calls",
+    "failed_calls",
+    "cost_usd",
+)
+KEY = ("tenant_id", "day", "model", "operation", "success")
+_COLS = ", ".join(KEY + MEASURES)
+_SUMS = ", ".join(f"SUM({m})" for m in MEASURES)
+
+# Under REPEATABLE READ the DELETE removes exactly the deltas this run's snapshot sees: a writer
+# that commits later keeps its deltas for the next run, and its rows were not seen either.
+FOLD = f"""
+WITH taken AS (
+    DELETE FROM ai_usage_rollup_deltas RETURNING {_COLS}
+)
+INSERT INTO ai_usage_daily_rollups AS d ({_COLS}, computed_at)
+SELECT {", ".join(KEY)}, {_SUMS}, now() FROM taken GROUP BY {", ".join(KEY)}
+ON CONFLICT ({", ".join(KEY)}) DO UPDATE SET
+    {", ".join(f"{m} = d.{m} + EXCLUDED.{m}" for m in MEASURES)},
+    computed_at = EXCLUDED.computed_at
+RETURNING d.tenant_id, d.day, d.model, d.operation, d.success, d.api_calls
+"""
+
+DROP_EMPTY = """
+DELETE FROM ai_usage_daily_rollups d
+USING unnest(CAST(:t AS uuid[]), CAST(:d AS date[]), CAST(:m AS text[]), CAST(:o AS text[]),
+             CAST(:s AS text[])) AS k(tenant_id, day, model, operation, success)
+WHERE d.tenant_id = k.tenant_id AND d.day = k.day AND d.model = k.model
+  AND d.operation = k.operation AND d.success = k.success AND d.api_calls = 0
+"""
+
+# The monthly rows of the given (tenant, month) pairs, from the daily rows; a pair with no daily
+# rows left loses its monthly row. total_cost_usd is NULL when no call was priced, as the
+# spec's SUM(cost_usd) is.
+MONTHLY = """
+WITH k AS (
+    SELECT DISTINCT * FROM unnest(CAST(:t AS uuid[]), CAST(:m AS date[])) AS k(tenant_id, month)
+), agg AS (
+    SELECT k.tenant_id, k.month, SUM(d.api_calls) AS api_calls,
+           SUM(d.input_tokens) AS input_tokens, SUM(d.output_tokens) AS output_tokens,
+           SUM(d.total_tokens) AS total_tokens,
+           CASE WHEN SUM(d.api_calls) > SUM(d.unpriced_calls) THEN SUM(d.cost_usd) END AS cost,
+           SUM(d.failed_calls) AS failed_calls, SUM(d.unpriced_calls) AS unpriced_calls,
+           SUM(d.cache_read_tokens) AS cache_read, SUM(d.cache_write_tokens) AS cache_write
+    FROM k JOIN ai_usage_daily_rollups d
+      ON d.tenant_id = k.tenant_id AND d.day >= k.month
+     AND d.day < CAST(k.month + interval '1 month' AS date)
+    GROUP BY k.tenant_id, k.month
+), upserted AS (
+    INSERT INTO ai_usage_monthly_rollups (tenant_id, month, api_calls, total_input_tokens,
+        total_output_tokens, total_tokens, total_cost_usd, failed_calls, unpriced_calls,
+        total_cache_read_tokens, total_cache_write_tokens, computed_at)
+    SELECT tenant_id, month, api_calls, input_tokens, output_tokens, total_tokens, cost,
+           failed_calls, unpriced_calls, cache_read, cache_write, now()
+    FROM agg
+    ON CONFLICT (tenant_id, month) DO UPDATE SET
+        api_calls = EXCLUDED.api_calls,
+        total_input_tokens = EXCLUDED.total_input_tokens,
+        total_output_tokens = EXCLUDED.total_output_tokens,
+        total_tokens = EXCLUDED.total_tokens,
+        total_cost_usd = EXCLUDED.total_cost_usd,
+        failed_calls = EXCLUDED.failed_calls,
+        unpriced_calls = EXCLUDED.unpriced_calls,
+        total_cache_read_tokens = EXCLUDED.total_cache_read_tokens,
+        total_cache_write_tokens = EXCLUDED.total_cache_write_tokens,
+        computed_at = EXCLUDED.computed_at
+    RETURNING 1
+), deleted AS (
+    DELETE FROM ai_usage_monthly_rollups r USING k
+    WHERE r.tenant_id = k.tenant_id AND r.month = k.month
+      AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.tenant_id = r.tenant_id AND agg.month = r.month)
+    RETURNING 1
+)
+SELECT (SELECT COUNT(*) FROM upserted), (SELECT COUNT(*) FROM deleted)
+"""
+
+# A month recomputed from the log (`ai-usage rollup --month`): its daily rows replaced.
+MONTH_TENANTS = """
+SELECT tenant_id FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after
+UNION
+SELECT DISTINCT tenant_id FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
+"""
+CLEAR_DAYS = "DELETE FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after"
+FROM_LOG = f"""
+INSERT INTO ai_usage_daily_rollups ({_COLS})
+SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model, operation, success,
+       COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens),
+       COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
+       COUNT(*) FILTER (WHERE cost_usd IS NULL), COUNT(*) FILTER (WHERE success = 'failure'),
+       COALESCE(SUM(cost_usd::numeric), 0)
+FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
+GROUP BY 1, 2, 3, 4, 5
+"""
+
+STATE = """
+INSERT INTO ai_usage_rollup_state (id, last_success_at, last_duration_ms, months_recomputed)
+VALUES (1, now(), :ms, :n) ON CONFLICT (id) DO UPDATE SET
+    last_success_at = EXCLUDED.last_success_at,
+    last_duration_ms = EXCLUDED.last_duration_ms,
+    months_recomputed = EXCLUDED.months_recomputed
+"""
