@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest
+.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest browser
 
 install: $(STAMP)
 
@@ -22,8 +22,16 @@ run: install
 
 # The whole suite, fault suite included. Uses TEST_DATABASE_URL / TEST_REDIS_URL if set,
 # embedded servers otherwise.
-test: install
+test: install browser
 	$(BIN)/pytest $(ARGS)
+
+# Debian's chromium, for the HTML report's browser test (skipped, saying why, without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		(command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+		>/dev/null 2>&1) || \
+		echo "chromium is not installed and could not be: the HTML report's browser test is skipped"
 
 # Everything but the slow fault suite.
 test-fast: install

@@ -50,6 +50,11 @@ ROLLUP_SECONDS = Histogram(
     "Seconds one monthly rollup run took.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+BUDGET_ALERTS = Counter(
+    "ai_usage_budget_alerts_total",
+    "Budget alerts raised (once per tenant, month and threshold), by threshold.",
+    ["threshold"],
+)
 ROLLUP_LAST_SUCCESS = Gauge(
     "ai_usage_rollup_last_success_timestamp_seconds",
     "Unix time of the last successful rollup.",

@@ -87,6 +87,19 @@ class Settings(BaseSettings):
     #: Retention: Beat runs `ai_usage.prune` daily, deleting raw rows of months that began
     #: more than this many months before the current one (rollups kept). Unset: never.
     retention_months: int | None = Field(None, ge=1, validation_alias="AI_USAGE_RETENTION_MONTHS")
+    #: The queue budget alerts are sent to, as the task `ai_usage.budget_alert` (for the
+    #: application to consume; the worker does not read it).
+    alert_queue: str = Field(
+        "ai_usage.alerts", min_length=1, validation_alias="AI_USAGE_ALERT_QUEUE"
+    )
+    #: Optional webhook POSTed each alert (JSON), signed with AI_USAGE_ALERT_WEBHOOK_SECRET.
+    alert_webhook_url: str | None = Field(None, validation_alias="AI_USAGE_ALERT_WEBHOOK_URL")
+    alert_webhook_secret: str | None = Field(None, validation_alias="AI_USAGE_ALERT_WEBHOOK_SECRET")
+    #: Attempts per webhook delivery (backoff 0.5 s, doubling, at most 8 s) before it is
+    #: recorded as failed.
+    alert_webhook_attempts: int = Field(
+        4, ge=1, le=20, validation_alias="AI_USAGE_ALERT_WEBHOOK_ATTEMPTS"
+    )
     #: JSON file of operator price overrides (see README, Pricing). Empty: none.
     price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
     #: Port of the Prometheus endpoint served by worker and beat; 0 turns it off.

@@ -1,4 +1,5 @@
-"""The `ai-usage` command: report, rollup, reprice, check, dead-letters, migrate, run.
+"""The `ai-usage` command: report, rollup, reprice, prune, budget, check, dead-letters, migrate,
+run.
 
 Every command prints one clear line and exits non-zero when it cannot do its work; a traceback
 only with `--debug`. Exit codes (README, Operations): 0 ok, 1 a check or part of the work
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import deadletters, ops, report, undecodable
+from worker.cli import budget, deadletters, ops, report, undecodable
 from worker.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
@@ -29,7 +30,7 @@ def build_parser() -> Parser:
     p = Parser(prog="ai-usage", description="AI usage metering pipeline.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (report, deadletters, ops, undecodable):
+    for module in (report, budget, deadletters, ops, undecodable):
         module.register(sub)
     return p
 

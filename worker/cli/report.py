@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     r.add_argument("--from", dest="first", type=day, help="with --by: first UTC day, YYYY-MM-DD")
     r.add_argument("--to", dest="last", type=day, help="with --by: last UTC day (inclusive)")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    r.add_argument("--html", metavar="FILE", help="write a self-contained HTML report there")
     r.set_defaults(handler=report)
 
     ru = sub.add_parser("rollup", help="fold changes into the rollups now, or recompute a month")
@@ -76,6 +77,8 @@ def report(args: argparse.Namespace) -> int:
     engine = database()
     if args.tenant is not None:
         require_tenant(engine, args.tenant)
+    if args.html:
+        return html_report(engine, args)
     if args.by is None:
         if args.first or args.last:
             raise UsageError("--from/--to go with --by (the monthly report takes --month)")
@@ -92,6 +95,29 @@ def report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     say(render_breakdown(b, args.format))
+    return EXIT_OK
+
+
+def html_report(engine: Any, args: argparse.Namespace) -> int:
+    from worker.ledger.htmlreport import gather
+    from worker.ledger.months import month_start
+
+    try:
+        import plotly  # noqa: F401 - the extra's one module, checked before any work
+
+        from worker.ledger.htmlpage import render_page
+    except ModuleNotFoundError:
+        raise UsageError(
+            "report --html needs plotly: pip install 'ai-usage-worker[report]'"
+        ) from None
+    chosen = args.month or month_start(dt.datetime.now(dt.UTC))
+    page = render_page(gather(engine, chosen, args.tenant))
+    try:
+        with open(args.html, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise UsageError(f"--html: cannot write {args.html}: {exc.strerror}") from None
+    say(f"wrote {args.html} ({len(page) // 1024} KiB): the {chosen:%Y-%m} report, offline")
     return EXIT_OK
 
 

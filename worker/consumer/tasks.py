@@ -11,9 +11,11 @@ from typing import Any
 
 from worker.client.envelope import RECORD, RECORD_BATCH
 from worker.consumer.app import app
+from worker.ledger.alerts import Webhook
 from worker.ledger.db import get_engine
 from worker.ledger.ingest import WriteResult, write_batch
 from worker.ledger.pricing import default_pricer
+from worker.settings import get_settings
 
 
 def _write(payloads: list[Any]) -> WriteResult:
@@ -34,10 +36,29 @@ def record_batch(events: list[Any]) -> dict[str, int]:
 
 @app.task(name="ai_usage.rollup_monthly", acks_late=True)
 def rollup_monthly() -> dict[str, Any]:
-    """Fold the log's changes into the daily and monthly rollups (Beat, every 5 min)."""
+    """Fold the log's changes into the daily and monthly rollups (Beat, every 5 min), then
+    raise the budget alerts they make due (so an alert is at most one interval late)."""
+    from worker.ledger.alerts import check_budgets
     from worker.ledger.rollups import run_rollup
 
-    return run_rollup(get_engine()).as_dict()
+    engine = get_engine()
+    result = run_rollup(engine).as_dict()
+    result["alerts"] = len(check_budgets(engine, send_alert, alert_webhook()))
+    return result
+
+
+def send_alert(body: dict[str, Any]) -> None:
+    """Publish one alert as the task `ai_usage.budget_alert` on the alert queue, for the
+    application's own consumer (no worker of this app reads that queue)."""
+    queue = get_settings().alert_queue
+    app.send_task("ai_usage.budget_alert", kwargs=body, queue=queue, routing_key=queue)
+
+
+def alert_webhook() -> Webhook | None:
+    s = get_settings()
+    if not s.alert_webhook_url:
+        return None
+    return Webhook(s.alert_webhook_url, s.alert_webhook_secret, s.alert_webhook_attempts)
 
 
 @app.task(name="ai_usage.prune", acks_late=True)

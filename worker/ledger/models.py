@@ -9,6 +9,8 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     Double,
@@ -22,10 +24,11 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Constraint names are derived, so that migrations and models agree and downgrades can name them.
@@ -238,3 +241,51 @@ class AIUsageRollupState(Base):
     last_success_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     last_duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
     months_recomputed: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class AIUsageBudget(Base):
+    """A tenant's monthly budget in USD and the percentages of it that raise an alert."""
+
+    __tablename__ = "ai_usage_budgets"
+    __table_args__ = (CheckConstraint("monthly_usd > 0", name="ck_ai_usage_budgets_positive"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    monthly_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    thresholds: Mapped[list[int]] = mapped_column(
+        ARRAY(Integer), nullable=False, server_default=text("'{50,80,100}'")
+    )
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _created_at()
+
+
+class AIUsageBudgetAlert(Base):
+    """One alert: a tenant-month crossed a threshold of its budget. Unique per (tenant, month,
+    threshold): the row is what makes an alert go out once."""
+
+    __tablename__ = "ai_usage_budget_alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant_id", "month", "threshold_pct", name="uq_ai_usage_budget_alerts_once"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    month: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    threshold_pct: Mapped[int] = mapped_column(Integer, nullable=False)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    budget_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    forecast_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    on_track_to_exceed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+    #: When the ai_usage.budget_alert task was sent (in the transaction that made the row).
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: none (no webhook configured), pending, sent or failed.
+    webhook_status: Mapped[str] = mapped_column(String(20), nullable=False)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    webhook_error: Mapped[str | None] = mapped_column(Text)
+    webhook_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

