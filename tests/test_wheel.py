@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import ROOT, WorkerProcess, make_tenant, wait_for
+from tests.conftest import HEAD, ROOT, WorkerProcess, make_tenant, wait_for
 from worker.settings import WORKER_ARGS
 
 pytestmark = [pytest.mark.wheel, pytest.mark.e2e]
 
-HEAD = "e5f6a7b8c9d0"
 #: What a producer must not have to install.
 WORKER_ONLY = {"celery", "kombu", "sqlalchemy", "psycopg2", "psycopg2-binary", "alembic",
                "pydantic-settings", "prometheus-client", "billiard", "amqp", "vine"}  # fmt: skip
