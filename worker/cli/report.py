@@ -156,9 +156,12 @@ def prune(args: argparse.Namespace) -> int:
     if not result.months:
         say(f"nothing before {result.cutoff:%Y-%m} to prune")
         return EXIT_OK
-    closed = ", ".join(m.strftime("%Y-%m") for m in result.months)
-    say(
-        f"closed {closed} (rollups kept, final); deleted"
-        f" {sum(result.rows_deleted.values())} raw rows"
-    )
+    deleted = sum(result.rows_deleted.values())
+    if result.newly_closed:
+        closed = ", ".join(m.strftime("%Y-%m") for m in result.newly_closed)
+        say(f"closed {closed} (rollups kept, final); deleted {deleted} raw rows")
+    else:
+        say(
+            f"every month before {result.cutoff:%Y-%m} was closed already; deleted {deleted} raw rows"
+        )
     return EXIT_OK

@@ -26,7 +26,7 @@ SELECT month FROM ai_usage_monthly_rollups WHERE month < :cutoff_month
 """
 _CLOSE = """
 INSERT INTO ai_usage_closed_months (month) SELECT unnest(CAST(:months AS date[]))
-ON CONFLICT (month) DO NOTHING
+ON CONFLICT (month) DO NOTHING RETURNING month
 """
 _DELETE = """
 DELETE FROM ai_usage_logs WHERE id IN (
@@ -41,13 +41,17 @@ class PruneResult:
     """What `prune` did: the months closed and the raw rows deleted from each."""
 
     cutoff: dt.date
+    #: Every month before the cutoff that holds rows or rollups (closed now or before).
     months: list[dt.date] = field(default_factory=list)
+    #: Those this call closed.
+    newly_closed: list[dt.date] = field(default_factory=list)
     rows_deleted: Counter[dt.date] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "cutoff": self.cutoff.isoformat(),
             "months_closed": [m.strftime("%Y-%m") for m in self.months],
+            "newly_closed": [m.strftime("%Y-%m") for m in self.newly_closed],
             "rows_deleted": sum(self.rows_deleted.values()),
         }
 
@@ -74,7 +78,8 @@ def prune(
         params = {"cutoff": cutoff, "cutoff_month": cutoff_month}
         result.months = sorted(conn.execute(text(_CANDIDATES), params).scalars())
         if result.months:
-            conn.execute(text(_CLOSE), {"months": result.months})
+            closed = conn.execute(text(_CLOSE), {"months": result.months}).scalars()
+            result.newly_closed = sorted(closed)
     while result.months:
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL ai_usage.pruning = 'on'"))
