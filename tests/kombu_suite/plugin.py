@@ -26,6 +26,14 @@ NOT_APPLICABLE = {
     # same flows run on a real Redis in tests/test_e2e.py and tests/faults/test_broker.py.
     "test_publish__consume": "consumes through the mock client (no BLMOVE, no EVALSHA)",
     "test_close_in_poll": "ditto: the wait it closes on is BLMOVE",
+    # kombu 5.7's tests of its BRPOP wait.
+    "test_brpop_start_sends_keys_and_timeout": "our wait is BLMOVE on one queue, not BRPOP",
+    "test_brpop_start_prefixes_keys": "ditto: BLMOVE, its key prefixed by Channel._key",
+    "test_brpop_start_records_send_time": (
+        "mocks kombu's _queue_cycle; our wait takes its queue from active_queues in turn (and"
+        " sets _brpop_sent_at too, for kombu's overdue-wait check)"
+    ),
+    "test_brpop_health_drop_resets_in_poll": "ditto: mocks _queue_cycle to start the wait",
 }
 
 
