@@ -7,10 +7,11 @@ rollup settles it. At each size:
   store_batch (4 batches of 500), medians of 3;
 - the report latency, median of `reps`: the monthly report and each `--by`, in-process (the
   query and the rendering), for all tenants and, for `--by user`, one tenant;
-At the largest size, a writer stores 500 events every 50 ms (the worker's store_batch) for a
-while without any rollup, then while rollups run every 250 ms in another process (as the
-worker's pool runs them), the first recomputing the whole month from the log (`ai-usage rollup
---month`, the heaviest run there is): the write p99 and the longest write in each period."""
+At the largest size, a writer stores 500 events every 50 ms (the worker's store_batch) for
+10 s without any rollup; then while rollups fold every 250 ms in another process (as the
+worker's pool runs Beat's task); then the same with the first run recomputing the whole month
+from the log (`ai-usage rollup --month`, the heaviest run there is): the write p99 and the
+longest write in each period."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from worker.ledger.rows import prepare_batch
 TENANTS = 50
 NEW_ROWS = 2000
 WRITE_EVERY_S = 0.05
-WRITE_SECONDS = 6.0
+WRITE_SECONDS = 10.0
 ROLLUP_EVERY_S = 0.25
 
 _GENERATE = """
@@ -146,14 +147,14 @@ def _at_size(stack: Stack, tenants: Sequence[str], reps: int, seed: int) -> dict
     }
 
 
-def _rollup_loop(url: str, stop: Any, runs: Any) -> None:
-    """In a process of its own, as the worker's pool child runs the rollup task: the month
-    recomputed from the log, then rollups every ROLLUP_EVERY_S until `stop`."""
+def _rollup_loop(url: str, stop: Any, runs: Any, recompute: bool) -> None:
+    """In a process of its own, as the worker's pool child runs the rollup task: rollups every
+    ROLLUP_EVERY_S until `stop`, the first recomputing the month from the log if `recompute`."""
     from sqlalchemy import create_engine
 
     engine = create_engine(url)
     month = month_start(dt.datetime.now(dt.UTC))
-    first = True
+    first = recompute
     while not stop.is_set():
         started = time.perf_counter()
         run_rollup(engine, [month] if first else None, wait=True)
@@ -163,19 +164,24 @@ def _rollup_loop(url: str, stop: Any, runs: Any) -> None:
     engine.dispose()
 
 
-def _write_latency(stack: Stack, tenants: Sequence[str], during: bool) -> dict[str, Any]:
-    """A writer every 50 ms for WRITE_SECONDS; with `during`, rollups run meanwhile (in
-    another process), the first recomputing the month from the log."""
+def _write_latency(stack: Stack, tenants: Sequence[str], mode: str) -> dict[str, Any]:
+    """A writer every 50 ms for WRITE_SECONDS: `alone`; beside Beat's rollups folding every
+    ROLLUP_EVERY_S in another process (`beat`); or beside those with the first recomputing the
+    whole month from the log (`recompute`, what `ai-usage rollup --month` does)."""
     pricer = Pricer()
-    batches = _writes(tenants, int(WRITE_SECONDS / WRITE_EVERY_S) * 500, seed=77 + during)
+    during = mode != "alone"
+    seed = {"alone": 77, "beat": 78, "recompute": 79}[mode]
+    batches = _writes(tenants, int(WRITE_SECONDS / WRITE_EVERY_S) * 500, seed=seed)
     ctx = multiprocessing.get_context("spawn")
     manager = ctx.Manager()
     stop, runs = manager.Event(), manager.list()
     url = stack.engine.url.render_as_string(hide_password=False)
-    child = ctx.Process(target=_rollup_loop, args=(url, stop, runs), daemon=True)
+    child = ctx.Process(
+        target=_rollup_loop, args=(url, stop, runs, mode == "recompute"), daemon=True
+    )
     if during:
         child.start()
-        time.sleep(1.0)  # the child is up and its month recompute under way
+        time.sleep(1.0)  # the child is up (and its month recompute under way)
     latencies = []
     try:
         for batch in batches:
@@ -185,7 +191,7 @@ def _write_latency(stack: Stack, tenants: Sequence[str], during: bool) -> dict[s
     finally:
         stop.set()
         if during:
-            child.join(120)
+            child.join(300)
         done = list(runs)
         manager.shutdown()
     latencies.sort()
@@ -211,8 +217,9 @@ def rollups(stack: Stack, tenants: Sequence[str], big: int, reps: int) -> dict[s
         loaded = size
         stack.analyze()
         sizes[label] = _at_size(stack, tenants, reps, seed=len(sizes))
-    write_alone = _write_latency(stack, tenants, during=False)
-    write_during = _write_latency(stack, tenants, during=True)
+    write_alone = _write_latency(stack, tenants, "alone")
+    write_during = _write_latency(stack, tenants, "beat")
+    write_recompute = _write_latency(stack, tenants, "recompute")
     stack.truncate()
     small, top = sizes["small"], sizes["big"]
     return {
@@ -221,6 +228,8 @@ def rollups(stack: Stack, tenants: Sequence[str], big: int, reps: int) -> dict[s
         "sizes": sizes,
         "write_without_rollup": write_alone,
         "write_during_rollups": write_during,
+        "write_during_month_recompute": write_recompute,
         "rollup_2k_big_over_small": top["rollup_2k_new_s"] / small["rollup_2k_new_s"],
         "stall_over_p99": write_during["max_ms"] / write_alone["p99_ms"],
+        "recompute_stall_over_p99": write_recompute["max_ms"] / write_alone["p99_ms"],
     }
