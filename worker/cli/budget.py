@@ -135,6 +135,6 @@ def alerts_command(args: argparse.Namespace) -> int:
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]], title: str) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([title, fmt.format(*header), *(fmt.format(*row) for row in body)])
+    from worker.ledger.report import text_table
+
+    return title + "\n" + text_table(header, body, numeric=False)

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker.ledger.months import day_bounds, month_start, next_month
+from worker.ledger.report import text_table
 
 DIMENSIONS = ("model", "operation", "day", "user")
 MAX_USER_DAYS = 92
@@ -217,9 +218,7 @@ def render_breakdown(b: Breakdown, fmt: str) -> str:
         )
         for r in b.rows
     ]
-    widths = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(header)]
-    fmt_row = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [title, fmt_row.format(*header), *(fmt_row.format(*x) for x in body)]
+    lines = [title, text_table(header, body)]
     unpriced = sum(r.unpriced_calls for r in b.rows)
     if unpriced:
         lines.append(f"{unpriced} calls have no known price (cost NULL, not $0).")

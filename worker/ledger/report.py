@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -121,6 +122,16 @@ def render(report: Report, fmt: str) -> str:
     return _table(report)
 
 
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: bool = True) -> str:
+    """Columns padded to their widest cell; the first left-aligned, the others right-aligned
+    when `numeric` (left otherwise)."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    fmt = "  ".join(
+        f"{{:<{w}}}" if i == 0 or not numeric else f"{{:>{w}}}" for i, w in enumerate(widths)
+    )
+    return "\n".join(fmt.format(*row) for row in (header, *body))
+
+
 def _table(report: Report) -> str:
     month = report.month.strftime("%Y-%m")
     if not report.rows:
@@ -142,16 +153,11 @@ def _table(report: Report) -> str:
         )
         for r in report.rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = [
         f"AI usage for {month} (UTC), from rollups computed up to "
-        f"{max(r.computed_at for r in report.rows):%Y-%m-%d %H:%M:%S %Z}"
+        f"{max(r.computed_at for r in report.rows):%Y-%m-%d %H:%M:%S %Z}",
+        text_table(header, body),
     ]
-    fmt_row = "  ".join(
-        f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
-    lines.append(fmt_row.format(*header))
-    lines.extend(fmt_row.format(*b) for b in body)
     unpriced = sum(r.unpriced_calls for r in report.rows)
     if unpriced:
         lines.append(

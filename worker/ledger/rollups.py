@@ -103,12 +103,9 @@ def run_rollup(
     months: Iterable[dt.date] | None = None,
     *,
     wait: bool = False,
-    now: dt.datetime | None = None,
 ) -> RollupResult:
     """One run: fold the deltas, and with `months` (the CLI) recompute those months from the
-    log. Returns `ran=False` at once if another run holds the lock, unless `wait`. `now` is
-    accepted for callers of the earlier API; a run no longer depends on the date."""
-    del now
+    log. Returns `ran=False` at once if another run holds the lock, unless `wait`."""
     started = time.perf_counter()
     recompute = sorted({month_start(m) for m in months or ()})
     with engine.connect() as raw:
