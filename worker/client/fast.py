@@ -23,6 +23,8 @@ _Count = Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)]
 _Label = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 _Cost = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Past the microsecond: the model truncates the digits, msgspec rounds them (see _time()).
+_SEVEN_DIGITS = re.compile(r"[0-9]{7}")
 
 
 class FastEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -90,12 +92,8 @@ def _text_ok(value: str | None) -> bool:
 def _time(value: Any, now: dt.datetime) -> dt.datetime | None:
     if isinstance(value, str):
         dot = value.find(".", 19)
-        if dot != -1:
-            end = dot + 1
-            while end < len(value) and value[end].isdigit():
-                end += 1
-            if end - dot - 1 > 6:
-                return None  # the model truncates to microseconds, msgspec rounds
+        if dot != -1 and _SEVEN_DIGITS.match(value, dot + 1):
+            return None  # the model truncates to microseconds, msgspec rounds
         try:
             value = msgspec.convert(value, dt.datetime)
         except msgspec.ValidationError:

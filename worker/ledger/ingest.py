@@ -11,6 +11,7 @@ TransientError and nothing is written; the caller retries the whole batch.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import time
@@ -115,6 +116,12 @@ _FK_FIELDS = {
     "fk_ai_usage_logs_assessment_id_assessments": "assessment_id",
     "fk_ai_usage_logs_lead_id_leads": "lead_id",
 }
+_PROLOGUE = (
+    "SAVEPOINT batch; SELECT to_regclass('pg_temp.ai_usage_staging') IS NOT NULL,"
+    " ARRAY(SELECT month FROM ai_usage_closed_months)"
+)
+# A staging table made after the savepoint goes with it: made again (if need be) to retry.
+_ROLLBACK = f"ROLLBACK TO SAVEPOINT batch; {_STAGING_DDL}"
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _ROW_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError)
 
@@ -138,7 +145,6 @@ def store_batch(
         on_connection(raw.driver_connection)
     try:
         with raw.cursor() as cur:  # type: ignore[attr-defined]
-            cur.execute(_STAGING_DDL)
             if batch.rows:
                 _insert(cur, batch.rows, result)
             store_dead_letters(cur, result.dead_letters)
@@ -173,8 +179,10 @@ def _stage(cur: Any, rows: Sequence[Row]) -> None:
     cur.copy_expert(_COPY, io.StringIO(text), size=len(text) + 1)
 
 
-def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
-    """Stage `rows` and move them; conflicting duplicates become dead letters."""
+def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult, *, last: bool = False) -> None:
+    """Stage `rows` and move them; conflicting duplicates become dead letters. The staging
+    table is emptied after, unless this is the transaction's `last` use of it (ON COMMIT
+    DELETE ROWS empties it then, and a TRUNCATE of it costs a new file and catalog rows)."""
     _stage(cur, rows)
     cur.execute(
         f"WITH moved AS ({_MOVE} RETURNING cost_usd IS NULL AS unpriced)"
@@ -189,7 +197,8 @@ def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
         for event_id, differs in cur.fetchall():
             result.dead_letters.append(conflict(by_id[uuid.UUID(str(event_id))], differs))
             repeated -= 1
-    cur.execute("TRUNCATE ai_usage_staging")
+    if not last:
+        cur.execute("TRUNCATE ai_usage_staging")
     result.inserted += int(inserted)
     result.unpriced += int(unpriced)
     result.duplicates += repeated
@@ -197,15 +206,24 @@ def _attempt(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
 
 def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
     """Insert `rows`; rows with missing parents are found in one query and dead-lettered, then
-    anything else the database refuses is isolated by bisection."""
-    rows = _refuse_closed(cur, rows, result)
+    anything else the database refuses is isolated by bisection.
+
+    A batch of valid rows costs four round trips (this prologue, the COPY, the move, the
+    commit): profiled, the writer thread waits for the GIL after each one while the consumer
+    thread prepares the next batch, so a statement saved is worth more than its own time."""
+    # No RELEASE on success: the commit ends the savepoint. The staging table is made once a
+    # session (asked for here, as a transaction pooler may hand over another session).
+    cur.execute(_PROLOGUE)
+    staged, closed = cur.fetchone()
+    rows = _refuse_closed(closed, rows, result)
     if not rows:
         return
-    cur.execute("SAVEPOINT batch")
+    if not staged:
+        cur.execute(_STAGING_DDL)
     try:
-        _attempt(cur, rows, result)
+        _attempt(cur, rows, result, last=True)
     except psycopg2.errors.ForeignKeyViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT batch")
+        cur.execute(_ROLLBACK)
         orphans = _orphans(cur, rows)
         for row in rows:
             column = orphans.get(row.event.id)
@@ -222,17 +240,16 @@ def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
         _isolate(cur, [r for r in rows if r.event.id not in orphans], result)
         return
     except _ROW_ERRORS:
-        cur.execute("ROLLBACK TO SAVEPOINT batch")
+        cur.execute(_ROLLBACK)
         _isolate(cur, rows, result)
-        return
-    cur.execute("RELEASE SAVEPOINT batch")
 
 
-def _refuse_closed(cur: Any, rows: Sequence[Row], result: WriteResult) -> Sequence[Row]:
+def _refuse_closed(
+    closed_months: Sequence[dt.date], rows: Sequence[Row], result: WriteResult
+) -> Sequence[Row]:
     """Rows of months retention closed are dead-lettered: their raw rows were pruned and their
     rollups are final, so a late event for one would be counted nowhere."""
-    cur.execute("SELECT month FROM ai_usage_closed_months")
-    closed = {month for (month,) in cur.fetchall()}
+    closed = set(closed_months)
     if not closed:
         return rows
     kept: list[Row] = []
