@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -203,12 +204,27 @@ def _notes(plan: Plan, machine: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _ours_batched(stack: Any, workdir: Path, evs: list[dict[str, Any]]) -> dict[str, Any]:
+def _ours_batched(
+    stack: Any, workdir: Path, evs: list[dict[str, Any]], limit_once: Callable[[], float]
+) -> dict[str, Any]:
+    """One end-to-end run, after the limit measured again (its ratio is to that limit)."""
+    limit = limit_once()
     worker = procs.ours(stack, workdir).start()
     try:
-        return throughput.ours_batched(stack, worker, evs)
+        out = throughput.ours_batched(stack, worker, evs)
     finally:
         worker.stop()
+    out["round_limit_rows_per_s"] = limit
+    out["over_round_limit"] = out["events_per_s"] / limit
+    return out
+
+
+def _with_round_ratios(middle: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run, with the median over runs of each run's ratio to its round's limit."""
+    middle["runs_over_round_limit"] = [round(r["over_round_limit"], 3) for r in runs]
+    middle["over_round_limit"] = statistics.median(r["over_round_limit"] for r in runs)
+    middle["round_limit_rows_per_s"] = statistics.median(r["round_limit_rows_per_s"] for r in runs)
+    return middle
 
 
 def _median_of(runs: int, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -216,7 +232,7 @@ def _median_of(runs: int, key: str, fn: Callable[[], dict[str, Any]]) -> dict[st
     done = sorted((fn() for _ in range(runs)), key=lambda r: float(r[key]))
     middle = dict(done[len(done) // 2])
     middle[f"runs_{key}"] = [round(float(r[key]), 1) for r in done]
-    return middle
+    return _with_round_ratios(middle, done)
 
 
 def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -243,6 +259,8 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             priced = data.priced(evs)
             batch = int(Settings.model_fields["batch_max_events"].default)
             raw["limit"] = phase("(1) limit", lambda: throughput.limit(stack, priced, batch))
+            # (3) and (3b) measure it again before each of their runs, for their ratios.
+            again = throughput.limit_once(stack, priced, batch)
             wanted = set(args.only or SECTIONS)
             if "naive" in wanted:
                 raw["naive"] = phase(
@@ -253,7 +271,9 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                 raw["ours_batched"] = phase(
                     "(3) ours, client batches, median of 3",
                     lambda: _median_of(
-                        3, "events_per_s", lambda: _ours_batched(stack, workdir, evs)
+                        3,
+                        "events_per_s",
+                        lambda: _ours_batched(stack, workdir, evs, again),
                     ),
                 )
             if "latency" in wanted:
@@ -273,7 +293,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                 per_message = int(throughput.client_defaults()["batch_size"])
                 raw["scaleout"] = phase(
                     "(3b) worker alone at 1 and 2 processes, 3 alternating runs",
-                    lambda: scaleout.worker_alone(stack, workdir, evs, per_message),
+                    lambda: scaleout.worker_alone(stack, workdir, evs, per_message, again),
                 )
             if "writepath" in wanted:
                 raw["writepath"] = phase(

@@ -43,6 +43,12 @@ FIGURES = (
         ("ours_batched", "events_per_s"),
     ),
     Figure(
+        "ours_batched_over_round_limit",
+        "    (3) / the limit measured before each run (median of 3)",
+        "",
+        ("ours_batched", "over_round_limit"),
+    ),
+    Figure(
         "worker_alone_1_events_per_s",
         "    worker alone on a backlog, 1 process (median of 3)",
         "events/s",
@@ -59,6 +65,18 @@ FIGURES = (
         "    worker alone, best process count",
         "events/s",
         ("scaleout", "best_events_per_s"),
+    ),
+    Figure(
+        "worker_alone_best_over_round_limit",
+        "    best count / the limit measured before each round (median of 3)",
+        "",
+        ("scaleout", "best_over_limit"),
+    ),
+    Figure(
+        "limit_beside_drains_rows_per_s",
+        "    the limit measured before each round (median of 3)",
+        "rows/s",
+        ("scaleout", "limit_rows_per_s"),
     ),
     Figure(
         "worker_share_min",
@@ -246,19 +264,22 @@ class Target:
 
 
 TARGETS = (
+    # The issue's two ratios to the limit, each run to the limit measured just before it (the
+    # limit moves by a third on this box from minute to minute); the same runs over (1), the
+    # best of four runs minutes earlier, are in "ratios" beside them.
     Target(
-        "ours_batched_over_limit",
-        "(3)/(1)",
-        "ours_batched_events_per_s",
-        "limit_rows_per_s",
+        "ours_batched_over_round_limit",
+        "(3)/limit of its run",
+        "ours_batched_over_round_limit",
+        None,
         ">=",
         0.65,
     ),
     Target(
-        "worker_alone_best_over_limit",
-        "worker alone (best count)/(1)",
-        "worker_alone_best_events_per_s",
-        "limit_rows_per_s",
+        "worker_alone_best_over_round_limit",
+        "worker alone (best count)/limit of its round",
+        "worker_alone_best_over_round_limit",
+        None,
         ">=",
         0.85,
     ),
@@ -367,7 +388,21 @@ def _dig(raw: dict[str, Any], path: tuple[str, ...]) -> float | None:
 def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
     """{"figures", "ratios", "targets"} from the raw results of the phases."""
     figures = {f.key: _dig(raw, f.path) for f in FIGURES}
-    ratios: dict[str, float | None] = {}
+    ratios: dict[str, float | None] = {
+        key: None if num is None or not den else round(num / den, 4)
+        for key, num, den in (
+            (
+                "ours_batched_over_limit",
+                figures["ours_batched_events_per_s"],
+                figures["limit_rows_per_s"],
+            ),
+            (
+                "worker_alone_best_over_limit",
+                figures["worker_alone_best_events_per_s"],
+                figures["limit_rows_per_s"],
+            ),
+        )
+    }
     targets: list[dict[str, Any]] = []
     for t in TARGETS:
         num = figures[t.numerator]

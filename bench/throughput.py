@@ -56,27 +56,53 @@ def _bulk_write(stack: Stack, chunks: Sequence[str]) -> float:
         conn.close()
 
 
+def _variants(priced: Sequence[dict[str, Any]], batch_rows: int) -> dict[str, list[str]]:
+    """The limit's rows as COPY text: in one chunk, and in chunks of the worker's batch size."""
+    text = data.row_text(priced)
+    lines = text.splitlines(keepends=True)
+    return {
+        "one_transaction": [text],
+        f"transactions_of_{batch_rows}_rows": [
+            "".join(lines[i : i + batch_rows]) for i in range(0, len(lines), batch_rows)
+        ],
+    }
+
+
+def _limit_runs(stack: Stack, variants: dict[str, list[str]], runs: dict[str, list[float]]) -> None:
+    """One run of each variant on an emptied table, its seconds appended to `runs`."""
+    n = sum(chunk.count("\n") for chunk in variants["one_transaction"])
+    for name, chunks in variants.items():
+        stack.truncate()
+        runs.setdefault(name, []).append(_bulk_write(stack, chunks))
+        if data.count_rows(stack) != n:
+            raise procs.BenchError("the bulk write did not store every row")
+    stack.truncate()
+
+
+def limit_once(
+    stack: Stack, priced: Sequence[dict[str, Any]], batch_rows: int
+) -> Callable[[], float]:
+    """The limit measured again, as one run of each variant (the better one), rows/s: for
+    the figures that take their ratio to a limit measured beside them (scale-out)."""
+    variants = _variants(priced, batch_rows)
+
+    def once() -> float:
+        runs: dict[str, list[float]] = {}
+        _limit_runs(stack, variants, runs)
+        return _rate(len(priced), min(min(t) for t in runs.values()))
+
+    return once
+
+
 def limit(stack: Stack, priced: Sequence[dict[str, Any]], batch_rows: int) -> dict[str, Any]:
     """(1) N pre-built rows: COPY to staging, INSERT ... ON CONFLICT (id) DO NOTHING, commit; in
     one transaction and in transactions of the worker's batch size, each twice, alternating,
     on an emptied table. The limit is the best of the four runs."""
     n = len(priced)
-    text = data.row_text(priced)
-    lines = text.splitlines(keepends=True)
-    variants = {
-        "one_transaction": [text],
-        f"transactions_of_{batch_rows}_rows": [
-            "".join(lines[i : i + batch_rows]) for i in range(0, n, batch_rows)
-        ],
-    }
-    runs: dict[str, list[float]] = {name: [] for name in variants}
+    variants = _variants(priced, batch_rows)
+    runs: dict[str, list[float]] = {}
     for _ in range(2):
-        for name, chunks in variants.items():
-            stack.truncate()
-            runs[name].append(_bulk_write(stack, chunks))
-            if data.count_rows(stack) != n:
-                raise procs.BenchError("the bulk write did not store every row")
-    stack.truncate()
+        _limit_runs(stack, variants, runs)
     best = {name: _rate(n, min(times)) for name, times in runs.items()}
     return {
         "rows": n,
