@@ -1,4 +1,5 @@
-"""`ai-usage budget set|list|alerts`: monthly budgets per tenant and the alerts they raised."""
+"""`ai-usage budget set|list|alerts|redeliver`: monthly budgets per tenant, the alerts they
+raised, and another delivery of the alerts whose webhook failed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from worker.cli.common import EXIT_OK, UsageError, database, require_tenant, say, tenant_id
+from worker.cli.common import (
+    EXIT_OK,
+    CommandError,
+    UsageError,
+    database,
+    require_tenant,
+    say,
+    tenant_id,
+)
 
 
 def usd(value: str) -> Decimal:
@@ -50,6 +59,11 @@ def register(sub: Any) -> None:
     al.add_argument("--tenant", type=tenant_id, help="only this tenant id")
     al.add_argument("--format", choices=("table", "json"), default="table")
     al.set_defaults(handler=alerts_command)
+    rd = bs.add_parser(
+        "redeliver", help="POST again the alerts whose webhook failed (once it is mended)"
+    )
+    rd.add_argument("--tenant", type=tenant_id, help="only this tenant id")
+    rd.set_defaults(handler=redeliver_command)
 
 
 def set_command(args: argparse.Namespace) -> int:
@@ -131,6 +145,23 @@ def alerts_command(args: argparse.Namespace) -> int:
         for r in rows
     ]
     say(_table(header, body, "Budget alerts, newest first"))
+    return EXIT_OK
+
+
+def redeliver_command(args: argparse.Namespace) -> int:
+    from worker.consumer.tasks import alert_webhook
+    from worker.ledger.alerts import redeliver_failed
+
+    webhook = alert_webhook()
+    if webhook is None:
+        raise UsageError("AI_USAGE_ALERT_WEBHOOK_URL is not set: there is no webhook to deliver to")
+    engine = database()
+    if args.tenant is not None:
+        require_tenant(engine, args.tenant)
+    tried, failed = redeliver_failed(engine, webhook, args.tenant)
+    say(f"{tried} failed deliveries tried again: {tried - failed} delivered, {failed} failed")
+    if failed:
+        raise CommandError("see `ai-usage budget alerts` for each error")
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""`ai-usage check`, the ledger half: dead letters, rollup freshness, unpriced events."""
+"""`ai-usage check`, the ledger half: dead letters, rollup freshness, unpriced events, alert
+webhooks that failed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def check_ledger(engine: Engine, settings: Settings, now: dt.datetime | None = N
                         " AND created_at >= :since"
                     ),
                     {"since": now - dt.timedelta(days=1)},
+                ).scalar_one()
+            )
+            undelivered = int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM ai_usage_budget_alerts"
+                        " WHERE webhook_status = 'failed'"
+                    )
                 ).scalar_one()
             )
     except Exception as exc:
@@ -60,4 +69,13 @@ def check_ledger(engine: Engine, settings: Settings, now: dt.datetime | None = N
             + (" (add a price override, then `ai-usage reprice`)" if unpriced else ""),
         )
     )
+    if undelivered:
+        out.append(
+            Check(
+                "alert_webhook",
+                "warn",
+                f"{undelivered} budget alerts whose webhook failed (see `ai-usage budget alerts`;"
+                " mend the receiver, then `ai-usage budget redeliver`)",
+            )
+        )
     return out

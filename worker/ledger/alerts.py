@@ -153,34 +153,76 @@ def check_budgets(
     return sent
 
 
-def deliver_pending(engine: Engine, webhook: Webhook) -> int:
-    """POST every alert whose webhook is pending; returns how many were delivered."""
-    with engine.begin() as conn:
-        rows = [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(text(_CLAIM))]
+def deliver_pending(engine: Engine, webhook: Webhook, *, until_done: bool = False) -> int:
+    """POST the alerts whose webhook is pending, 100 at a time (once, or `until_done`: until
+    none is left); returns how many were delivered. Each claimed alert ends `sent` or
+    `failed`, so the loop ends."""
     delivered = 0
-    for row in rows:
-        if not webhook.secret:
-            outcome = webhooks.Delivery(False, 0, "AI_USAGE_ALERT_WEBHOOK_SECRET is not set")
-        else:
-            body = json.dumps(payload(row), sort_keys=True).encode()
-            outcome = webhooks.deliver(
-                webhook.url, webhook.secret, body, webhook.attempts, **_sleep(webhook)
-            )
+    while True:
         with engine.begin() as conn:
-            conn.execute(
-                text(_DONE),
-                {
-                    "status": "sent" if outcome.ok else "failed",
-                    "attempts": outcome.attempts,
-                    "error": outcome.error,
-                    "id": row["id"],
-                },
+            rows = [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(text(_CLAIM))]
+        for row in rows:
+            delivered += _deliver(engine, webhook, row)
+        if not until_done or not rows:
+            return delivered
+
+
+def _deliver(engine: Engine, webhook: Webhook, row: dict[str, Any]) -> int:
+    if not webhook.secret:
+        outcome = webhooks.Delivery(False, 0, "AI_USAGE_ALERT_WEBHOOK_SECRET is not set")
+    else:
+        body = json.dumps(payload(row), sort_keys=True).encode()
+        outcome = webhooks.deliver(
+            webhook.url, webhook.secret, body, webhook.attempts, **_sleep(webhook)
+        )
+    with engine.begin() as conn:
+        conn.execute(
+            text(_DONE),
+            {
+                "status": "sent" if outcome.ok else "failed",
+                "attempts": outcome.attempts,
+                "error": outcome.error,
+                "id": row["id"],
+            },
+        )
+    if not outcome.ok:
+        log.error("budget alert %s: webhook failed: %s", row["id"], outcome.error)
+    return int(outcome.ok)
+
+
+def redeliver_failed(engine: Engine, webhook: Webhook, tenant: Any = None) -> tuple[int, int]:
+    """Put every alert whose webhook `failed` (of one tenant, or all) back to pending, deliver
+    all pending ones now, and return (how many were put back, how many of those failed again).
+    Failed deliveries wait for this, after the receiver is mended, rather than being retried
+    at every rollup, which would POST to a broken receiver every interval, forever."""
+    where = "webhook_status = 'failed'"
+    params: dict[str, Any] = {}
+    if tenant is not None:
+        where += " AND tenant_id = :tenant"
+        params["tenant"] = tenant
+    with engine.begin() as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                text(
+                    f"UPDATE ai_usage_budget_alerts SET webhook_status = 'pending'"
+                    f" WHERE {where} RETURNING id"
+                ),
+                params,
             )
-        if outcome.ok:
-            delivered += 1
-        else:
-            log.error("budget alert %s: webhook failed: %s", row["id"], outcome.error)
-    return delivered
+        ]
+    deliver_pending(engine, webhook, until_done=True)
+    if not ids:
+        return 0, 0
+    with engine.connect() as conn:
+        again = conn.execute(
+            text(
+                "SELECT count(*) FROM ai_usage_budget_alerts"
+                " WHERE id = ANY(:ids) AND webhook_status = 'failed'"
+            ),
+            {"ids": ids},
+        ).scalar_one()
+    return len(ids), int(again)
 
 
 def _sleep(webhook: Webhook) -> dict[str, Any]:
