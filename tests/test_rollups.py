@@ -221,6 +221,52 @@ def test_a_tenant_month_with_no_rows_left_loses_its_row(db: Engine) -> None:
     assert_rollups_exact(db)
 
 
+def test_a_month_recompute_drops_a_tenant_the_log_no_longer_has(db: Engine) -> None:
+    """`rollup --month` trusts the log over the rollups: a tenant whose rows went without a
+    delta (a delete with the trigger bypassed, as retention's are) loses its daily and
+    monthly rows; another month and the other tenant are left as they were."""
+    a, b = make_tenant(db, "a"), make_tenant(db, "b")
+    old = months_back(1)
+    events = [
+        {
+            "id": str(uuid.uuid4()),
+            "tenant_id": str(t),
+            "operation": "op",
+            "model": "gpt-4o",
+            "input_tokens": 10,
+            "output_tokens": 1,
+            "created_at": f"{m.isoformat()}T0{h}:00:00Z",
+        }
+        for t in (a, b)
+        for m in (old, THIS_MONTH)
+        for h in (1, 2)
+    ]
+    write_batch(db, events, Pricer())
+    run_rollup(db)
+    with db.begin() as conn:
+        conn.execute(text("SET LOCAL ai_usage.pruning = 'on'"))
+        conn.execute(
+            text("DELETE FROM ai_usage_logs WHERE tenant_id = :a AND created_at < :end"),
+            {"a": a, "end": month_bounds(old)[1]},
+        )
+    run_rollup(db)  # no delta: the rollups still count a's deleted month
+    assert (a, old) in {(r[0], r[1]) for r in rollup_snapshot(db)}
+    result = run_rollup(db, [old])
+    assert result.months == [old]
+    assert {(r[0], r[1]) for r in rollup_snapshot(db)} == {
+        (a, THIS_MONTH),
+        (b, old),
+        (b, THIS_MONTH),
+    }
+    with db.connect() as conn:
+        days = conn.execute(
+            text("SELECT count(*) FROM ai_usage_daily_rollups WHERE tenant_id = :a AND day < :m"),
+            {"a": a, "m": THIS_MONTH},
+        ).scalar_one()
+    assert days == 0
+    assert_rollups_exact(db)
+
+
 def test_reprice_fills_only_null_costs_and_refreshes_rollups(
     db: Engine, tmp_path: Path, tenant: uuid.UUID
 ) -> None:

@@ -86,13 +86,14 @@ WITH k AS (
 SELECT (SELECT COUNT(*) FROM upserted), (SELECT COUNT(*) FROM deleted)
 """
 
-# A month recomputed from the log (`ai-usage rollup --month`): its daily rows replaced.
-MONTH_TENANTS = """
-SELECT tenant_id FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after
-UNION
-SELECT DISTINCT tenant_id FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
+# A month recomputed from the log (`ai-usage rollup --month`): its daily rows replaced. Both
+# statements return the tenants they touch, whose monthly rows are then derived again: a
+# separate SELECT DISTINCT over the log would scan the month a second time, and as a plain
+# SELECT it may run as a parallel plan on every core, starving the writers (an INSERT ... SELECT
+# never gets a parallel plan: it runs on one core, which leaves the others to ingestion).
+CLEAR_DAYS = """
+DELETE FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after RETURNING tenant_id
 """
-CLEAR_DAYS = "DELETE FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after"
 FROM_LOG = f"""
 INSERT INTO ai_usage_daily_rollups ({_COLS})
 SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model, operation, success,
@@ -102,6 +103,7 @@ SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model, operation, succe
        COALESCE(SUM(cost_usd::numeric), 0)
 FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
 GROUP BY 1, 2, 3, 4, 5
+RETURNING tenant_id
 """
 
 STATE = """

@@ -155,10 +155,8 @@ def _run(conn: Connection, recompute: list[dt.date]) -> RollupResult:
     for month in recompute:
         start, end = month_bounds(month)
         bounds = {"first": month, "after": next_month(month), "start": start, "end": end}
-        tenants = set(conn.execute(text(sql.MONTH_TENANTS), bounds).scalars())
-        touched.update((t, month) for t in tenants)
-        conn.execute(text(sql.CLEAR_DAYS), bounds)
-        conn.execute(text(sql.FROM_LOG), bounds)
+        for statement in (sql.CLEAR_DAYS, sql.FROM_LOG):
+            touched.update((t, month) for t in conn.execute(text(statement), bounds).scalars())
     if touched:
         pairs = sorted(touched)
         written, deleted = conn.execute(
