@@ -4,8 +4,9 @@ The backlog is what the client publishes: `ai_usage.record_batch` messages of it
 size, in its own envelope (with the `ai_usage_events` header), queued before any worker starts.
 `processes` workers are started together; the clock runs from the first consumption (the queue
 shrinks) to the last row committed. Each worker's share is what its batch log lines (JSON
-logs) say it inserted. Each round measures the limit (1) again first. Runs alternate between the process counts, so that a change of load on
-the machine hits both alike; the figure is the median of the runs."""
+logs) say it inserted. Each round measures the limit (1) again first, and the best count's
+ratio is taken to that round's limit. Runs alternate between the process counts, so that a
+change of load on the machine hits both alike; the figure is the median of the runs."""
 
 from __future__ import annotations
 
