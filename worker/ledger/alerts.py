@@ -39,20 +39,6 @@ VALUES (:tenant, :month, :threshold, :cost, :budget, :forecast, :on_track, :webh
 ON CONFLICT (tenant_id, month, threshold_pct) DO NOTHING
 RETURNING id, created_at
 """
-_CLAIM = """
-UPDATE ai_usage_budget_alerts SET webhook_status = 'sending', webhook_at = now()
-WHERE id IN (
-    SELECT id FROM ai_usage_budget_alerts
-    WHERE webhook_status = 'pending'
-       OR (webhook_status = 'sending' AND webhook_at < now() - interval '10 minutes')
-    ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
-RETURNING id, tenant_id, month, threshold_pct, cost_usd, budget_usd, forecast_usd,
-          on_track_to_exceed, created_at
-"""
-_DONE = """
-UPDATE ai_usage_budget_alerts SET webhook_status = :status, webhook_attempts = webhook_attempts
-    + :attempts, webhook_error = :error, webhook_at = now() WHERE id = :id
-"""
 COLUMNS = (
     "id",
     "tenant_id",
@@ -64,6 +50,25 @@ COLUMNS = (
     "on_track_to_exceed",
     "created_at",
 )
+# A claim marks its alerts `sending` (reclaimed after 10 minutes, should the sender die).
+_CLAIM = f"""
+UPDATE ai_usage_budget_alerts SET webhook_status = 'sending', webhook_at = now()
+WHERE id IN (
+    SELECT id FROM ai_usage_budget_alerts
+    WHERE webhook_status = 'pending'
+       OR (webhook_status = 'sending' AND webhook_at < now() - interval '10 minutes')
+    ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING {", ".join(COLUMNS)}
+"""
+_CLAIM_FAILED = f"""
+UPDATE ai_usage_budget_alerts SET webhook_status = 'sending', webhook_at = now()
+WHERE webhook_status = 'failed' AND (CAST(:tenant AS uuid) IS NULL OR tenant_id = :tenant)
+RETURNING {", ".join(COLUMNS)}
+"""
+_DONE = """
+UPDATE ai_usage_budget_alerts SET webhook_status = :status, webhook_attempts = webhook_attempts
+    + :attempts, webhook_error = :error, webhook_at = now() WHERE id = :id
+"""
 
 
 @dataclass
@@ -153,18 +158,11 @@ def check_budgets(
     return sent
 
 
-def deliver_pending(engine: Engine, webhook: Webhook, *, until_done: bool = False) -> int:
-    """POST the alerts whose webhook is pending, 100 at a time (once, or `until_done`: until
-    none is left); returns how many were delivered. Each claimed alert ends `sent` or
-    `failed`, so the loop ends."""
-    delivered = 0
-    while True:
-        with engine.begin() as conn:
-            rows = [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(text(_CLAIM))]
-        for row in rows:
-            delivered += _deliver(engine, webhook, row)
-        if not until_done or not rows:
-            return delivered
+def deliver_pending(engine: Engine, webhook: Webhook) -> int:
+    """POST every alert whose webhook is pending; returns how many were delivered."""
+    with engine.begin() as conn:
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(text(_CLAIM))]
+    return sum(_deliver(engine, webhook, row) for row in rows)
 
 
 def _deliver(engine: Engine, webhook: Webhook, row: dict[str, Any]) -> int:
@@ -191,38 +189,17 @@ def _deliver(engine: Engine, webhook: Webhook, row: dict[str, Any]) -> int:
 
 
 def redeliver_failed(engine: Engine, webhook: Webhook, tenant: Any = None) -> tuple[int, int]:
-    """Put every alert whose webhook `failed` (of one tenant, or all) back to pending, deliver
-    all pending ones now, and return (how many were put back, how many of those failed again).
-    Failed deliveries wait for this, after the receiver is mended, rather than being retried
-    at every rollup, which would POST to a broken receiver every interval, forever."""
-    where = "webhook_status = 'failed'"
-    params: dict[str, Any] = {}
-    if tenant is not None:
-        where += " AND tenant_id = :tenant"
-        params["tenant"] = tenant
+    """POST again every alert whose webhook `failed` (of one tenant, or all): (how many were
+    tried, how many failed again). Failed deliveries wait for this, after the receiver is
+    mended, rather than being retried at every rollup, which would POST to a broken receiver
+    every interval, forever."""
     with engine.begin() as conn:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                text(
-                    f"UPDATE ai_usage_budget_alerts SET webhook_status = 'pending'"
-                    f" WHERE {where} RETURNING id"
-                ),
-                params,
-            )
+        rows = [
+            dict(zip(COLUMNS, r, strict=True))
+            for r in conn.execute(text(_CLAIM_FAILED), {"tenant": tenant})
         ]
-    deliver_pending(engine, webhook, until_done=True)
-    if not ids:
-        return 0, 0
-    with engine.connect() as conn:
-        again = conn.execute(
-            text(
-                "SELECT count(*) FROM ai_usage_budget_alerts"
-                " WHERE id = ANY(:ids) AND webhook_status = 'failed'"
-            ),
-            {"ids": ids},
-        ).scalar_one()
-    return len(ids), int(again)
+    delivered = sum(_deliver(engine, webhook, row) for row in rows)
+    return len(rows), len(rows) - delivered
 
 
 def _sleep(webhook: Webhook) -> dict[str, Any]:
