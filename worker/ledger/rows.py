@@ -258,7 +258,7 @@ def _prepare_rows(
                 letter = DeadLetter(payload, str(exc), exc.field, event_id(payload))
                 result.dead_letters.append(letter)
                 continue
-        unknown = _unknown_detail(event.usage_details) if event.usage_details else None
+        unknown = _unknown_detail(event.usage_details)
         if unknown:
             result.dead_letters.append(DeadLetter(payload, unknown, "usage_details", event.id))
             continue
