@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import make_tenant
+from tests.factories import event
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer, load_overrides
 from worker.ledger.report import load_report, render
@@ -228,15 +229,7 @@ def test_a_month_recompute_drops_a_tenant_the_log_no_longer_has(db: Engine) -> N
     a, b = make_tenant(db, "a"), make_tenant(db, "b")
     old = months_back(1)
     events = [
-        {
-            "id": str(uuid.uuid4()),
-            "tenant_id": str(t),
-            "operation": "op",
-            "model": "gpt-4o",
-            "input_tokens": 10,
-            "output_tokens": 1,
-            "created_at": f"{m.isoformat()}T0{h}:00:00Z",
-        }
+        event(t, model="gpt-4o", created_at=f"{m.isoformat()}T0{h}:00:00Z")
         for t in (a, b)
         for m in (old, THIS_MONTH)
         for h in (1, 2)
