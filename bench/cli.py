@@ -219,20 +219,16 @@ def _ours_batched(
     return out
 
 
-def _with_round_ratios(middle: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median run, with the median over runs of each run's ratio to its round's limit."""
-    middle["runs_over_round_limit"] = [round(r["over_round_limit"], 3) for r in runs]
-    middle["over_round_limit"] = statistics.median(r["over_round_limit"] for r in runs)
-    middle["round_limit_rows_per_s"] = statistics.median(r["round_limit_rows_per_s"] for r in runs)
-    return middle
-
-
-def _median_of(runs: int, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The run whose `key` is the median of `runs` runs, with every run's `key` beside it."""
-    done = sorted((fn() for _ in range(runs)), key=lambda r: float(r[key]))
+def _median_of(runs: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The run of (3) whose events/s is the median of `runs`, with every run's rate, and the
+    median of the runs' ratios to the limit measured before each."""
+    done = sorted((fn() for _ in range(runs)), key=lambda r: float(r["events_per_s"]))
     middle = dict(done[len(done) // 2])
-    middle[f"runs_{key}"] = [round(float(r[key]), 1) for r in done]
-    return _with_round_ratios(middle, done)
+    middle["runs_events_per_s"] = [round(float(r["events_per_s"]), 1) for r in done]
+    middle["runs_over_round_limit"] = [round(r["over_round_limit"], 3) for r in done]
+    middle["over_round_limit"] = statistics.median(r["over_round_limit"] for r in done)
+    middle["round_limit_rows_per_s"] = statistics.median(r["round_limit_rows_per_s"] for r in done)
+    return middle
 
 
 def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -270,11 +266,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             if "ours" in wanted:
                 raw["ours_batched"] = phase(
                     "(3) ours, client batches, median of 3",
-                    lambda: _median_of(
-                        3,
-                        "events_per_s",
-                        lambda: _ours_batched(stack, workdir, evs, again),
-                    ),
+                    lambda: _median_of(3, lambda: _ours_batched(stack, workdir, evs, again)),
                 )
             if "latency" in wanted:
                 raw["latency"] = phase(
