@@ -11,6 +11,7 @@ import math
 import uuid
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from worker.client import fast
 from worker.client.errors import InvalidEvent
 from worker.client.events import UsageEvent, parse_event
-from worker.ledger.rows import _content
+from worker.ledger.rows import _content, instant
 
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
 U = "0b7e1c30-1111-4222-8333-444455556666"
@@ -169,3 +170,18 @@ def test_the_fast_path_takes_the_common_valid_events() -> None:
         assert fast.from_fields(dict(payload), NOW) is not None, payload
     client_values = {**BASE, "id": uuid.uuid4(), "created_at": NOW - dt.timedelta(hours=1)}
     assert fast.from_fields(client_values, NOW) is not None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.datetimes(
+        timezones=st.sampled_from(
+            [dt.UTC, None, dt.timezone(dt.timedelta(hours=-3, minutes=-30)), ZoneInfo("UTC")]
+        )
+    )
+)
+def test_a_row_s_instant_is_isoformat_byte_for_byte(at: dt.datetime) -> None:
+    """The COPY text (and so every stored fingerprint) writes created_at as isoformat() did:
+    msgspec's shortcut for UTC must not change a byte, microseconds of zero included."""
+    assert instant(at) == at.isoformat()
+    assert instant(at.replace(microsecond=0)) == at.replace(microsecond=0).isoformat()

@@ -100,7 +100,11 @@ def _time(value: Any, now: dt.datetime) -> dt.datetime | None:
             return None
     elif not isinstance(value, dt.datetime):
         return None  # numbers (the model refuses Unix times) and anything else
-    utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    zone = value.tzinfo
+    if zone is dt.UTC:  # the common case (what msgspec makes of "Z" or "+00:00")
+        utc = value
+    else:
+        utc = value.replace(tzinfo=dt.UTC) if zone is None else value.astimezone(dt.UTC)
     return None if utc > now + FUTURE_TOLERANCE else utc
 
 
@@ -123,7 +127,12 @@ def _details_ok(details: dict[str, int | float]) -> bool:
 
 def checked(e: FastEvent, now: dt.datetime) -> FastEvent | None:
     """`e`, normalised as the model normalises it, if the model would accept it; else None."""
-    if not (_text_ok(e.operation) and _text_ok(e.model) and _text_ok(e.provider)):
+    labels = f"{e.operation}{e.model}{e.provider or ''}"  # one scan for the common case
+    if not (
+        "\x00" not in labels
+        if labels.isascii()
+        else _text_ok(e.operation) and _text_ok(e.model) and _text_ok(e.provider)
+    ):
         return None
     created = _time(e.created_at, now)
     if created is None:

@@ -37,11 +37,17 @@ __all__ = [
 ]
 
 
+_MODELS_KEPT = 4096
+
+
 class Pricer:
     """Prices usage; one per process (it caches model lookups)."""
 
     def __init__(self, overrides: Sequence[PriceOverride] = ()) -> None:
         self.overrides = tuple(overrides)
+        # genai-prices' model by (model, provider) as events name them (None: unknown). The
+        # worker prices every event here: a dict hit is cheaper than lower() and the lru_cache.
+        self._models: dict[tuple[str, str | None], Any] = {}
 
     def price(
         self,
@@ -78,23 +84,31 @@ class Pricer:
     ) -> Decimal | None:
         """Exact USD cost of `usage`, or None when no price is known for the model. Raises
         PricingError when genai-prices refuses the usage details."""
-        ref = model.lower()
-        prov = provider.lower() if provider else None
-        for o in self.overrides:
-            if (
-                o.model == ref
-                and (o.provider is None or o.provider == prov)
-                and (o.effective_from <= at)
-            ):
-                return o.cost(usage)
-        info = find_model(ref, prov)
+        if self.overrides:
+            ref = model.lower()
+            prov = provider.lower() if provider else None
+            for o in self.overrides:
+                if (
+                    o.model == ref
+                    and (o.provider is None or o.provider == prov)
+                    and (o.effective_from <= at)
+                ):
+                    return o.cost(usage)
+        key = (model, provider)
+        try:
+            info = self._models[key]
+        except KeyError:
+            if len(self._models) >= _MODELS_KEPT:  # model names come from producers
+                self._models.clear()
+            info = self._models[key] = find_model(
+                model.lower(), provider.lower() if provider else None
+            )
         if info is None:
             return None
-        model_price = info.get_prices(at)
-        fast = shape(model_price)
-        if fast.covers(usage.details):
+        fast = shape(info.get_prices(at))
+        if not usage.details or fast.covers(usage.details):
             return fast.price(usage)
-        return calc(model_price, usage.values())
+        return calc(fast.model_price, usage.values())
 
     def is_known(self, model: str, provider: str | None) -> bool:
         """Whether any price source knows `model`."""
