@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.ledger.overrides import PriceOverride, load_overrides
-from worker.ledger.priceshape import calc, shape
+from worker.ledger.priceshape import Shape, calc, shape
 from worker.ledger.usage import PricingError, Usage
 
 __all__ = [
@@ -45,9 +45,10 @@ class Pricer:
 
     def __init__(self, overrides: Sequence[PriceOverride] = ()) -> None:
         self.overrides = tuple(overrides)
-        # genai-prices' model by (model, provider) as events name them (None: unknown). The
-        # worker prices every event here: a dict hit is cheaper than lower() and the lru_cache.
-        self._models: dict[tuple[str, str | None], Any] = {}
+        # genai-prices' model by (model, provider) as events name them (None: unknown), with
+        # its Shape when its price never changes with the date. The worker prices every event
+        # here: a dict hit is cheaper than lower(), the lru_cache and get_prices().
+        self._models: dict[tuple[str, str | None], tuple[Any, Shape | None] | None] = {}
 
     def price(
         self,
@@ -96,16 +97,15 @@ class Pricer:
                     return o.cost(usage)
         key = (model, provider)
         try:
-            info = self._models[key]
+            found = self._models[key]
         except KeyError:
-            if len(self._models) >= _MODELS_KEPT:  # model names come from producers
+            found = self._models[key] = _found(model, provider)
+            if len(self._models) > _MODELS_KEPT:  # model names come from producers
                 self._models.clear()
-            info = self._models[key] = find_model(
-                model.lower(), provider.lower() if provider else None
-            )
-        if info is None:
+        if found is None:
             return None
-        fast = shape(info.get_prices(at))
+        info, fixed = found
+        fast = fixed if fixed is not None else shape(info.get_prices(at))
         if not usage.details or fast.covers(usage.details):
             return fast.price(usage)
         return calc(fast.model_price, usage.values())
@@ -116,6 +116,16 @@ class Pricer:
         if any(o.model == ref for o in self.overrides):
             return True
         return find_model(ref, provider.lower() if provider else None) is not None
+
+
+def _found(model: str, provider: str | None) -> tuple[Any, Shape | None] | None:
+    info = find_model(model.lower(), provider.lower() if provider else None)
+    if info is None:
+        return None
+    from genai_prices.types import ModelPrice
+
+    # One price for all dates (no conditional prices): its Shape can be kept with the model.
+    return info, shape(info.prices) if isinstance(info.prices, ModelPrice) else None
 
 
 #: Bedrock model ids (`anthropic.claude-...-v1:0`, with an optional cross-region prefix such as
