@@ -144,3 +144,19 @@ def test_a_schema_problem_fails_the_batch_instead_of_dead_lettering_it(
         with db.begin() as conn:
             conn.execute(text("ALTER TABLE ai_usage_logs_moved RENAME TO ai_usage_logs"))
     assert write_batch(db, events, Pricer()).inserted == 5
+
+
+def test_a_batch_partly_stored_counts_only_its_new_rows(db: Engine, tenant: uuid.UUID) -> None:
+    """A batch of new events is copied straight into the table; one holding stored ids (a
+    redelivery) fails that copy and takes the staged way: only its new rows are inserted and
+    counted (unpriced included), stored ones are duplicates or conflicts, nothing twice."""
+    unknown = [event(tenant, model="in-house-llm-v1") for _ in range(6)]
+    priced = [event(tenant) for _ in range(6)]
+    first = write_batch(db, unknown[:3] + priced[:3], Pricer())
+    assert (first.inserted, first.unpriced, first.duplicates) == (6, 3, 0)
+    changed = {**priced[0], "output_tokens": priced[0]["output_tokens"] + 1}
+    again = write_batch(db, unknown + [changed] + priced[1:], Pricer())
+    assert (again.inserted, again.unpriced, again.duplicates) == (6, 3, 5)
+    assert again.conflicts == 1 and again.dead_lettered == 1
+    assert count_rows(db) == 12
+    assert count_rows(db, where="cost_usd IS NULL") == 6
