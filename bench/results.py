@@ -31,6 +31,12 @@ FIGURES = (
         ("limit", "batched", "rows_per_s"),
     ),
     Figure(
+        "limit_direct_rows_per_s",
+        "    COPY into the table, the worker's first try (not the limit: not idempotent alone)",
+        "rows/s",
+        ("limit", "direct", "rows_per_s"),
+    ),
+    Figure(
         "naive_events_per_s",
         "(2) naive: one ORM task per event, default worker",
         "events/s",
@@ -400,6 +406,17 @@ def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
                 "worker_alone_best_over_limit",
                 figures["worker_alone_best_events_per_s"],
                 figures["limit_rows_per_s"],
+            ),
+            # Over the rate of the worker's own first write, with no worker in the way.
+            (
+                "ours_batched_over_direct_copy",
+                figures["ours_batched_events_per_s"],
+                figures["limit_direct_rows_per_s"],
+            ),
+            (
+                "worker_alone_best_over_direct_copy",
+                figures["worker_alone_best_events_per_s"],
+                figures["limit_direct_rows_per_s"],
             ),
         )
     }
