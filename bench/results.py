@@ -32,7 +32,7 @@ FIGURES = (
     ),
     Figure(
         "limit_direct_rows_per_s",
-        "    COPY into the table, the worker's first try (not the limit: not idempotent alone)",
+        "    COPY into the table (the worker's first try; not idempotent alone)",
         "rows/s",
         ("limit", "direct", "rows_per_s"),
     ),
