@@ -44,16 +44,16 @@ faults: install
 kombu-suite: install
 	$(BIN)/python -m tests.kombu_suite
 
-# `make install` takes the newest celery and kombu the ranges allow; this runs the broker,
-# end-to-end and fault tests, and kombu's suite, on the oldest (a second virtualenv,
+# `make install` takes the newest celery, kombu and redis-py the ranges allow; this runs the broker,
+# client, end-to-end and fault tests, and kombu's suite, on the oldest (a second virtualenv,
 # .venv-oldest), so both ends of the supported range are tested.
 OLDEST := .venv-oldest
 test-oldest: install
 	@test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST)/bin/python -m pip install --quiet -e '.[dev]' 'celery[redis]==5.6.3' 'kombu==5.6.2'
-	$(OLDEST)/bin/python -c 'import celery, kombu; print("celery", celery.__version__, "kombu", kombu.__version__)'
-	$(OLDEST)/bin/pytest tests/test_transport_canary.py tests/test_e2e.py tests/faults $(ARGS)
+	$(OLDEST)/bin/python -m pip install --quiet -e '.[dev]' 'celery[redis]==5.6.3' 'kombu==5.6.2' 'redis==5.3.0'
+	$(OLDEST)/bin/python -c 'import celery, kombu, redis; print("celery", celery.__version__, "kombu", kombu.__version__, "redis", redis.__version__)'
+	$(OLDEST)/bin/pytest tests/test_transport_canary.py tests/test_client.py tests/test_e2e.py tests/faults $(ARGS)
 	$(OLDEST)/bin/python -m tests.kombu_suite
 
 # ruff and mypy strict over worker/, tests/ and bench/ (the files of pyproject's [tool.mypy]).

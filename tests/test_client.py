@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import wait_for
 from worker.client import UsageClient, extract_usage
+from worker.client.envelope import QUEUE
 from worker.client.errors import ConfigError, InvalidEvent
+from worker.client.push import push
 from worker.settings import get_settings
 
 TENANT = str(uuid.uuid4())
@@ -257,3 +259,65 @@ def test_the_client_reads_only_its_own_variable(
     assert queue.llen("ai_usage") == 2
     queue.delete("ai_usage")
     queue.close()
+
+
+def test_full_batches_go_several_to_one_lpush_in_order(redis_url: str) -> None:
+    # 1,005 events at batch_size 10 on a real Redis: full batches are pushed several messages
+    # to one LPUSH (at most PUSH_MESSAGES), the partial batch waits for the interval.
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete(QUEUE)
+
+    def lpushes() -> int:
+        return int(broker.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))
+
+    before = lpushes()
+    client = UsageClient(redis_url, batch_size=10, flush_interval_ms=60_000)
+    try:
+        ids = [record(client) for _ in range(1005)]
+        wait_for(lambda: client.pending() == 5, timeout=10, what="the full batches published")
+        sizes = [
+            len(json.loads(json.loads(raw)["body"])[0][0]) for raw in broker.lrange(QUEUE, 0, -1)
+        ]
+        assert sizes == [10] * 100
+        assert lpushes() - before < 100  # one LPUSH a message would be 100
+        assert client.flush(5)
+        events = []
+        for raw in reversed(broker.lrange(QUEUE, 0, -1)):  # consumed from the right
+            events.extend(json.loads(json.loads(raw)["body"])[0][0])
+        # The values of one LPUSH keep the order they were recorded in.
+        assert [uuid.UUID(e["id"]) for e in events] == ids
+        assert client.published == 1005
+    finally:
+        assert client.close(1)
+        broker.delete(QUEUE)
+        broker.close()
+
+
+def test_push_sends_every_envelope_in_order_and_raises_the_servers_error(redis_url: str) -> None:
+    broker = redis.Redis.from_url(redis_url)
+    queue = f"push-test-{uuid.uuid4().hex}"
+    try:
+        values = [f"envelope {i} " + "x" * (i * 997 % 20_000) for i in range(40)]
+        push(broker, queue, values[:1])
+        push(broker, queue, values[1:])
+        taken = [broker.rpop(queue) for _ in values]
+        assert [v.decode() for v in taken if isinstance(v, bytes)] == values
+        broker.set(queue, "not a list")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            push(broker, queue, values[:2])
+        push(broker, queue + "-after", values[:1])  # the pooled connection still works
+        assert broker.llen(queue + "-after") == 1
+    finally:
+        broker.delete(queue, queue + "-after")
+        broker.close()
+
+
+def test_push_uses_a_clients_own_lpush_without_a_connection_pool() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Minimal:
+        def lpush(self, *args: Any) -> None:
+            calls.append(args)
+
+    push(Minimal(), "q", ["a", "b"])
+    assert calls == [("q", "a", "b")]

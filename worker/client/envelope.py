@@ -50,7 +50,7 @@ def redis_envelope(task: str, body: str, events: int | None = None) -> str:
     body already escaped as the inside of a JSON string, and is spliced in untouched. `events`
     (how many the message carries) goes in the `ai_usage_events` header, which lets a worker
     count its room in events before it decodes the body."""
-    task_id = str(uuid.uuid4())
+    task_id = str(new_id())  # not uuid4(): see new_id
     rest = json.dumps(
         {
             "content-encoding": "utf-8",
@@ -83,7 +83,7 @@ def redis_envelope(task: str, body: str, events: int | None = None) -> str:
                 "delivery_info": {"exchange": "", "routing_key": QUEUE},
                 "priority": 0,
                 "body_encoding": "utf-8",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": str(new_id()),
             },
         }
     )

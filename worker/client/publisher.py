@@ -7,7 +7,8 @@
 
 Background mode (the default) validates the event, appends it to a bounded in-memory queue and
 returns; a daemon thread publishes `ai_usage.record_batch` messages of up to `batch_size`
-events every `flush_interval_ms`. The caller is never blocked by the broker and never sees a
+events every `flush_interval_ms`, full batches sooner (several to one LPUSH, at most every
+PUSH_EVERY_S). The caller is never blocked by the broker and never sees a
 broker error: while the broker is down the thread retries with backoff (the same event ids, so
 a retry cannot double count); past `max_queue` events are dropped, counted and logged.
 Sync mode publishes one `ai_usage.record` message per call and returns once Redis holds it.
@@ -25,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -42,6 +43,7 @@ from worker.client.envelope import (
     redis_envelope,
 )
 from worker.client.errors import ConfigError
+from worker.client.push import push
 from worker.client.tracking import TrackingMixin, UsageTracker, extract_usage
 
 __all__ = ["UsageClient", "UsageTracker", "extract_usage"]
@@ -52,6 +54,12 @@ _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
 
 #: A burst of drops (past max_queue) is logged as one line with its count per this interval.
 DROP_LOG_EVERY_S = 10.0
+#: While full batches keep coming, the publishing thread pushes at most this often, every full
+#: batch waiting in one LPUSH (see worker.client.push: each round costs the application a few
+#: GIL hand-offs, whatever it carries). A buffer half full cuts the pause short.
+PUSH_EVERY_S = 0.1
+#: The most messages (of `batch_size` events) one round pushes.
+PUSH_MESSAGES = 16
 #: Connect and read timeout of the client's Redis connection.
 SOCKET_TIMEOUT_S = 2.0
 
@@ -202,8 +210,13 @@ class UsageClient(TrackingMixin):
             self._count_dropped(1, "client buffer full")
             return
         self._queue.append(escaped)
-        if len(self._queue) >= self.batch_size:
+        waiting = len(self._queue)
+        # is_set() first: set() takes a lock, and while the thread pauses between rounds
+        # every call finds a full batch waiting.
+        if waiting >= self.batch_size and not self._wake.is_set():
             self._wake.set()
+        if waiting >= self._hurry_at and not self._hurry.is_set():
+            self._hurry.set()
 
     # -- background publishing ---------------------------------------------------------------
 
@@ -219,6 +232,10 @@ class UsageClient(TrackingMixin):
         # while the broker is down every call would make the thread retry at once, and each
         # retry holds the GIL the application's threads are waiting for.
         self._retry_now = threading.Event()
+        # Cuts the pause between two rounds short: set by flush(), close(), and record() once
+        # the buffer is half full.
+        self._hurry = threading.Event()
+        self._hurry_at = max(self.batch_size, self.max_queue // 2)
         self._idle = threading.Condition()
         self._stop = False
         self._drain = False  # set by flush(): publish partial batches too
@@ -244,19 +261,18 @@ class UsageClient(TrackingMixin):
             # Full batches go at once; a partial one waits for the interval (or a flush), so
             # that a steady trickle is sent as few, large messages.
             drain = timed_out or self._stop or self._drain
+            pushed = False
             while self._queue and (drain or len(self._queue) >= self.batch_size):
                 with self._count_lock:  # close() counts queue + in flight: never neither
                     if self._finalized:
                         return
-                    batch: list[str] = []
-                    while self._queue and len(batch) < self.batch_size:
-                        batch.append(self._queue.popleft())
+                    batch, bodies = self._take(drain)
                     self._in_flight = len(batch)
-                body = "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
                 while True:
                     try:
-                        self._publish_raw(RECORD_BATCH, body, len(batch))
+                        self._push(RECORD_BATCH, bodies)
                         failures = 0
+                        pushed = True
                         with self._count_lock:
                             if not self._finalized:
                                 self.published += len(batch)
@@ -293,6 +309,23 @@ class UsageClient(TrackingMixin):
             # close() may have come while a partial batch was held back: go round once more.
             if self._stop and not self._queue:
                 return
+            if pushed and not drain:
+                self._hurry.wait(PUSH_EVERY_S)  # let full batches gather for one round
+                self._hurry.clear()
+
+    def _take(self, drain: bool) -> tuple[list[str], list[tuple[str, int]]]:
+        """The events of one round, and its message bodies: full batches (a partial one too
+        if `drain`), at most PUSH_MESSAGES; one for a `publisher` callable, which sends each
+        alone (a retry of the round then repeats no message that went)."""
+        taken: list[str] = []
+        bodies: list[tuple[str, int]] = []
+        queue = self._queue
+        most = 1 if self._publisher is not None else PUSH_MESSAGES
+        while queue and len(bodies) < most and (drain or len(queue) >= self.batch_size):
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            bodies.append(("[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]", len(batch)))
+            taken.extend(batch)
+        return taken, bodies
 
     def _give_up(self, events: list[str]) -> None:
         with self._count_lock:
@@ -341,6 +374,7 @@ class UsageClient(TrackingMixin):
             self._drain = True
             self._wake.set()
             self._retry_now.set()
+            self._hurry.set()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -363,6 +397,7 @@ class UsageClient(TrackingMixin):
             self._stop = True
             self._wake.set()
             self._retry_now.set()
+            self._hurry.set()
             self._thread.join(max(0.0, self._deadline - time.monotonic()))
             with self._count_lock:
                 if not self._finalized:
@@ -398,14 +433,19 @@ class UsageClient(TrackingMixin):
         kombu's own publish spends ~10x the Python time per message, and the GIL it holds is
         time stolen from the application's threads (see worker.client.envelope).
         """
+        self._push(task, [(body, events)])
+
+    def _push(self, task: str, bodies: Sequence[tuple[str, int | None]]) -> None:
+        """Publish one message per body, all in one LPUSH (worker.client.push)."""
         if self._publisher is not None:
-            args, kwargs, _ = json.loads(json.loads(f'"{body}"'))
-            self._publisher(task, args, kwargs)
+            for body, _events in bodies:
+                args, kwargs, _embed = json.loads(json.loads(f'"{body}"'))
+                self._publisher(task, args, kwargs)
             return
-        envelope = redis_envelope(task, body, events)
+        envelopes = [redis_envelope(task, body, events) for body, events in bodies]
         with self._app_lock:
             client = self._redis()
-        client.lpush(QUEUE, envelope)
+        push(client, QUEUE, envelopes)
 
     def _redis(self) -> Any:
         if self._given_redis is not None:
