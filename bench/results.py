@@ -85,6 +85,60 @@ FIGURES = (
         ("scaleout", "limit_rows_per_s"),
     ),
     Figure(
+        "worker_alone_1_idle_share",
+        "    1 process: share of the machine's cores idle (median)",
+        "",
+        ("scaleout", "processes_1", "idle_share"),
+    ),
+    Figure(
+        "worker_alone_2_idle_share",
+        "    2 processes: share of the machine's cores idle (median)",
+        "",
+        ("scaleout", "processes_2", "idle_share"),
+    ),
+    Figure(
+        "worker_alone_1_cpu_us",
+        "    1 process: CPU per event, all processes (median)",
+        "us",
+        ("scaleout", "processes_1", "cpu_us_per_event", "total"),
+    ),
+    Figure(
+        "worker_alone_2_cpu_us",
+        "    2 processes: CPU per event, all processes (median)",
+        "us",
+        ("scaleout", "processes_2", "cpu_us_per_event", "total"),
+    ),
+    Figure(
+        "worker_alone_1_worker_cpu_us",
+        "    1 process: of it in the worker",
+        "us",
+        ("scaleout", "processes_1", "cpu_us_per_event", "worker"),
+    ),
+    Figure(
+        "worker_alone_1_postgres_cpu_us",
+        "    1 process: of it in PostgreSQL",
+        "us",
+        ("scaleout", "processes_1", "cpu_us_per_event", "postgres"),
+    ),
+    Figure(
+        "worker_alone_2_worker_cpu_us",
+        "    2 processes: of it in the workers",
+        "us",
+        ("scaleout", "processes_2", "cpu_us_per_event", "worker"),
+    ),
+    Figure(
+        "worker_alone_2_postgres_cpu_us",
+        "    2 processes: of it in PostgreSQL",
+        "us",
+        ("scaleout", "processes_2", "cpu_us_per_event", "postgres"),
+    ),
+    Figure(
+        "two_workers_ceiling",
+        "    2/1 at most: 1 / (busy share at 1 process)",
+        "",
+        ("scaleout", "two_over_one_ceiling"),
+    ),
+    Figure(
         "worker_share_min",
         "    smallest share of one of 2 workers",
         "",
@@ -417,6 +471,21 @@ def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
                 "worker_alone_best_over_direct_copy",
                 figures["worker_alone_best_events_per_s"],
                 figures["limit_direct_rows_per_s"],
+            ),
+            # 2 workers / 1 = these two, the cores kept busy and the CPU each event cost.
+            (
+                "two_workers_busy_over_one",
+                None
+                if figures["worker_alone_2_idle_share"] is None
+                else 1 - figures["worker_alone_2_idle_share"],
+                None
+                if figures["worker_alone_1_idle_share"] is None
+                else 1 - figures["worker_alone_1_idle_share"],
+            ),
+            (
+                "two_workers_cost_one_over_two",
+                figures["worker_alone_1_cpu_us"],
+                figures["worker_alone_2_cpu_us"],
             ),
         )
     }

@@ -6,7 +6,10 @@ size, in its own envelope (with the `ai_usage_events` header), queued before any
 shrinks) to the last row committed. Each worker's share is what its batch log lines (JSON
 logs) say it inserted. Each round measures the limit (1) again first, and the best count's
 ratio is taken to that round's limit. Runs alternate between the process counts, so that a
-change of load on the machine hits both alike; the figure is the median of the runs."""
+change of load on the machine hits both alike; the figure is the median of the runs.
+
+Each drain is also metered (bench.cpu): the CPU each process group spent per event, and the
+share of the machine's cores left idle. They say what limits a second worker on this box."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import data, procs
+from bench import cpu, data, procs
 from bench.servers import Stack
 from worker.client.envelope import RECORD_BATCH, escape_json, redis_envelope
 
@@ -67,7 +70,9 @@ def drain(
                 raise procs.BenchError("no worker consumed:\n" + workers[0].log_tail())
             time.sleep(0.002)
         consuming = time.perf_counter()
+        meter = cpu.Meter().start()
         end, _ = data.wait_rows(stack, n, evs[-1]["id"], 120 + n / 100, workers[0].log_tail)
+        spent = meter.stop(n, [w.proc.pid for w in workers if w.proc is not None])
     finally:
         client.close()
         for worker in workers:
@@ -81,6 +86,7 @@ def drain(
         "seconds": round(seconds, 4),
         "events_per_s": n / seconds,
         "shares": [round(s / n, 4) for s in shares],
+        "cpu": spent,
     }
 
 
@@ -105,10 +111,18 @@ def worker_alone(
     out: dict[str, Any] = {"runs": runs, "per_message": per_message}
     for processes, done in by.items():
         rates = [r["events_per_s"] for r in done]
+        spent = [r["cpu"] for r in done]
+        per_event = {
+            g: statistics.median(c["cpu_us_per_event"][g] for c in spent) for g in cpu.GROUPS
+        }
+        per_event["total"] = statistics.median(sum(c["cpu_us_per_event"].values()) for c in spent)
         out[f"processes_{processes}"] = {
             "events_per_s": statistics.median(rates),
             "runs_events_per_s": [round(r) for r in rates],
             "shares": [r["shares"] for r in done],
+            "cpu_us_per_event": per_event,
+            "idle_share": statistics.median(c["idle_share"] for c in spent),
+            "cpu_runs": spent,
         }
     one, two = out["processes_1"]["events_per_s"], out["processes_2"]["events_per_s"]
     out["best_processes"] = 2 if two > one else 1
@@ -119,6 +133,16 @@ def worker_alone(
     out["limit_rows_per_s"] = statistics.median(limits)
     out["best_over_round_limit"] = [round(b / x, 3) for b, x in zip(best, limits, strict=True)]
     out["best_over_limit"] = statistics.median(b / x for b, x in zip(best, limits, strict=True))
+    # Why 2/1 is what it is: (cores busy at 2 / at 1) x (CPU per event at 1 / at 2). The first
+    # factor is at most 1 / (busy share at 1): what a second worker could add if it turned
+    # every idle core-second into events at one worker's cost per event.
+    busy_1 = 1 - out["processes_1"]["idle_share"]
+    busy_2 = 1 - out["processes_2"]["idle_share"]
+    cost_1 = out["processes_1"]["cpu_us_per_event"]["total"]
+    cost_2 = out["processes_2"]["cpu_us_per_event"]["total"]
+    out["busy_2_over_1"] = busy_2 / busy_1 if busy_1 > 0 else None
+    out["cost_1_over_2"] = cost_1 / cost_2 if cost_2 > 0 else None
+    out["two_over_one_ceiling"] = 1 / busy_1 if busy_1 > 0 else None
     out["share_min"] = min(min(s) for s in out["processes_2"]["shares"])
     out["share_max"] = max(max(s) for s in out["processes_2"]["shares"])
     return out
