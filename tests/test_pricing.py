@@ -194,3 +194,24 @@ def test_unpriced_usage_details_keep_the_fast_path_and_its_result() -> None:
         assert Pricer().price_usage(model, None, usage, when) == expected == shape.price(usage)
     audio = find_model("gemini-2.5-flash", None).get_prices(when)  # prices audio input
     assert not _shape(audio).covers({"input_audio_tokens": 10})
+
+
+def test_the_model_cache_is_bounded_and_a_flood_changes_no_price() -> None:
+    # Model names come from producers: a flood of distinct names must not grow the worker's
+    # memory without bound, and must not change what a known model costs before and after.
+    from worker.ledger.pricing import _MODELS_KEPT
+
+    p = Pricer()
+    before = {
+        m: p.price(m, None, 12_345, 678, dt.datetime(2025, 7, 1, tzinfo=UTC), cache_read_tokens=45)
+        for m in ("gpt-4o", "claude-3-5-sonnet-20241022", "o3")
+    }
+    assert all(v is not None for v in before.values())
+    for i in range(_MODELS_KEPT * 2 + 7):
+        assert p.price(f"in-house-{i}", None, 10, 10, dt.datetime.now(UTC)) is None
+        assert len(p._models) <= _MODELS_KEPT
+    after = {
+        m: p.price(m, None, 12_345, 678, dt.datetime(2025, 7, 1, tzinfo=UTC), cache_read_tokens=45)
+        for m in before
+    }
+    assert after == before
