@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import wait_for
 from worker.client import UsageClient, extract_usage
-from worker.client.envelope import QUEUE
+from worker.client.envelope import (
+    EMBED_ESCAPED,
+    QUEUE,
+    RECORD_BATCH,
+    batch_envelope,
+    escape_json,
+    redis_envelope,
+)
 from worker.client.errors import ConfigError, InvalidEvent
 from worker.client.push import push
 from worker.settings import get_settings
@@ -263,7 +270,7 @@ def test_the_client_reads_only_its_own_variable(
 
 def test_full_batches_go_several_to_one_lpush_in_order(redis_url: str) -> None:
     # 1,005 events at batch_size 10 on a real Redis: full batches are pushed several messages
-    # to one LPUSH (at most PUSH_MESSAGES), the partial batch waits for the interval.
+    # to one LPUSH (up to PUSH_EVENTS), the partial batch waits for the interval.
     broker = redis.Redis.from_url(redis_url)
     broker.delete(QUEUE)
 
@@ -297,15 +304,19 @@ def test_push_sends_every_envelope_in_order_and_raises_the_servers_error(redis_u
     broker = redis.Redis.from_url(redis_url)
     queue = f"push-test-{uuid.uuid4().hex}"
     try:
+        # Envelopes in pieces of every size; one round all ASCII (the one-pass encoding), one
+        # with labels outside it (redis-py counts the bytes).
         values = [f"envelope {i} " + "x" * (i * 997 % 20_000) for i in range(40)]
-        push(broker, queue, values[:1])
-        push(broker, queue, values[1:])
-        taken = [broker.rpop(queue) for _ in values]
-        assert [v.decode() for v in taken if isinstance(v, bytes)] == values
+        wide = ["modèle é", "模型 " * 500, "\u00e9 ascii escape"]
+        for round_ in (values[:1], values[1:], wide):
+            push(broker, queue, [[v[: len(v) // 2], v[len(v) // 2 :]] for v in round_])
+        taken = [broker.rpop(queue) for _ in range(len(values) + len(wide))]
+        assert [v.decode() for v in taken if isinstance(v, bytes)] == values + wide
+        assert broker.llen(queue) == 0
         broker.set(queue, "not a list")
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            push(broker, queue, values[:2])
-        push(broker, queue + "-after", values[:1])  # the pooled connection still works
+            push(broker, queue, [["a"], ["b"]])
+        push(broker, queue + "-after", [["a"]])  # the pooled connection still works
         assert broker.llen(queue + "-after") == 1
     finally:
         broker.delete(queue, queue + "-after")
@@ -319,5 +330,27 @@ def test_push_uses_a_clients_own_lpush_without_a_connection_pool() -> None:
         def lpush(self, *args: Any) -> None:
             calls.append(args)
 
-    push(Minimal(), "q", ["a", "b"])
-    assert calls == [("q", "a", "b")]
+    push(Minimal(), "q", [["a", "1"], ["b"]])
+    assert calls == [("q", "a1", "b")]
+
+
+def test_a_batch_envelope_joins_into_the_envelope_of_its_body() -> None:
+    events = [escape_json(json.dumps({"n": i, "label": 'é\t"q"'})) for i in range(3)]
+    joined = json.loads("".join(batch_envelope(events)))
+    whole = json.loads(
+        redis_envelope(RECORD_BATCH, "[[[" + ",".join(events) + "]],{}," + EMBED_ESCAPED + "]", 3)
+    )
+    fresh = {"id", "root_id", "ai_usage_sent_at", "correlation_id", "delivery_tag"}
+
+    def fixed(envelope: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: {n: v for n, v in part.items() if n not in fresh} if isinstance(part, dict) else part
+            for k, part in envelope.items()
+        }
+
+    assert fixed(joined) == fixed(whole)
+    assert json.loads(joined["body"])[0][0] == [json.loads(json.loads(f'"{e}"')) for e in events]
+    assert (
+        joined["headers"]["ai_usage_events"] == 3
+        and joined["headers"]["id"] != whole["headers"]["id"]
+    )

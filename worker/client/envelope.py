@@ -14,6 +14,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 #: The queue every ai_usage task is routed to. Part of the public contract.
@@ -50,6 +51,25 @@ def redis_envelope(task: str, body: str, events: int | None = None) -> str:
     body already escaped as the inside of a JSON string, and is spliced in untouched. `events`
     (how many the message carries) goes in the `ai_usage_events` header, which lets a worker
     count its room in events before it decodes the body."""
+    return '{"body": "' + body + '", ' + _rest(task, events)
+
+
+def batch_envelope(events: Sequence[str]) -> list[str]:
+    """The `ai_usage.record_batch` envelope of `events` (each an event's JSON escaped as the
+    inside of a JSON string), as pieces that join into `redis_envelope(RECORD_BATCH, body,
+    len(events))`: the publishing thread joins a round's envelopes in one pass, instead of
+    copying each body three times over (a megabyte a round, with the GIL held)."""
+    body = [","] * (2 * len(events) - 1) if events else []
+    body[::2] = events
+    return [
+        '{"body": "[[[',
+        *body,
+        "]],{}," + EMBED_ESCAPED + ']", ' + _rest(RECORD_BATCH, len(events)),
+    ]
+
+
+def _rest(task: str, events: int | None) -> str:
+    """The envelope after its body (and the comma after it)."""
     task_id = str(new_id())  # not uuid4(): see new_id
     rest = json.dumps(
         {
@@ -87,4 +107,4 @@ def redis_envelope(task: str, body: str, events: int | None = None) -> str:
             },
         }
     )
-    return '{"body": "' + body + '", ' + rest[1:]
+    return rest[1:]

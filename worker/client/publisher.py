@@ -7,10 +7,10 @@
 
 Background mode (the default) validates the event, appends it to a bounded in-memory queue and
 returns; a daemon thread publishes `ai_usage.record_batch` messages of up to `batch_size`
-events every `flush_interval_ms`, full batches sooner (several to one LPUSH, at most every
-PUSH_EVERY_S). The caller is never blocked by the broker and never sees a
-broker error: while the broker is down the thread retries with backoff (the same event ids, so
-a retry cannot double count); past `max_queue` events are dropped, counted and logged.
+events every `flush_interval_ms`, full batches sooner (several to one LPUSH: see
+worker.client.buffer). The caller is never blocked by the broker and never sees a broker
+error: while the broker is down the thread retries with backoff (the same event ids, so a
+retry cannot double count); past `max_queue` events are dropped, counted and logged.
 Sync mode publishes one `ai_usage.record` message per call and returns once Redis holds it.
 """
 
@@ -25,19 +25,20 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
 from worker.client import fast
+from worker.client.buffer import Buffer, Tally
 from worker.client.envelope import (
     EMBED,
     EMBED_ESCAPED,
     QUEUE,
     RECORD,
     RECORD_BATCH,
+    batch_envelope,
     escape_json,
     new_id,
     redis_envelope,
@@ -52,14 +53,6 @@ log = logging.getLogger(__name__)
 
 _live_clients: weakref.WeakSet[UsageClient] = weakref.WeakSet()
 
-#: A burst of drops (past max_queue) is logged as one line with its count per this interval.
-DROP_LOG_EVERY_S = 10.0
-#: While full batches keep coming, the publishing thread pushes at most this often, every full
-#: batch waiting in one LPUSH (see worker.client.push: each round costs the application a few
-#: GIL hand-offs, whatever it carries). A buffer half full cuts the pause short.
-PUSH_EVERY_S = 0.1
-#: The most messages (of `batch_size` events) one round pushes.
-PUSH_MESSAGES = 16
 #: Connect and read timeout of the client's Redis connection.
 SOCKET_TIMEOUT_S = 2.0
 
@@ -106,16 +99,13 @@ class UsageClient(TrackingMixin):
         self._publisher = publisher
         self._app: Any = None
         self._app_lock = threading.Lock()
-        self.dropped = 0
-        self.published = 0
-        self.publish_failures = 0
+        self._tally = Tally()
         self._closed = False
         self._start_buffer()
-        self._dropped_metric: Any = None
         if registry is not None:
             from prometheus_client import Counter, Gauge
 
-            self._dropped_metric = Counter(
+            self._tally.metric = Counter(
                 "ai_usage_client_events_dropped_total",
                 "Usage events dropped by the client because its buffer was full.",
                 registry=registry,
@@ -125,7 +115,7 @@ class UsageClient(TrackingMixin):
                 "Usage events waiting in the client's buffer.",
                 registry=registry,
             )
-            depth.set_function(lambda: len(self._queue) + self._in_flight)
+            depth.set_function(self.pending)
         _live_clients.add(self)
 
     # -- recording ---------------------------------------------------------------------------
@@ -206,181 +196,48 @@ class UsageClient(TrackingMixin):
         (see _publish_raw)."""
         if self._pid != os.getpid():
             self._start_buffer()  # forked: the parent's thread does not exist here
-        if len(self._queue) >= self.max_queue or self._finalized:
-            self._count_dropped(1, "client buffer full")
-            return
-        self._queue.append(escaped)
-        waiting = len(self._queue)
-        # is_set() first: set() takes a lock, and while the thread pauses between rounds
-        # every call finds a full batch waiting.
-        if waiting >= self.batch_size and not self._wake.is_set():
-            self._wake.set()
-        if waiting >= self._hurry_at and not self._hurry.is_set():
-            self._hurry.set()
+        assert self._buffer is not None  # background mode
+        self._buffer.put(escaped)
 
     # -- background publishing ---------------------------------------------------------------
 
     def _start_buffer(self) -> None:
         self._pid = os.getpid()
         self._app = None  # after a fork, never share the parent's broker socket
-        # Each entry is one event already serialised to JSON (by pydantic-core, in the caller):
-        # the publishing thread only joins strings, so it holds the GIL as little as possible.
-        self._queue: deque[str] = deque()
-        self._in_flight = 0
-        self._wake = threading.Event()  # a full batch is ready (set by record())
-        # Cuts a retry backoff short: set by flush() and close() only. record() must not, or
-        # while the broker is down every call would make the thread retry at once, and each
-        # retry holds the GIL the application's threads are waiting for.
-        self._retry_now = threading.Event()
-        # Cuts the pause between two rounds short: set by flush(), close(), and record() once
-        # the buffer is half full.
-        self._hurry = threading.Event()
-        self._hurry_at = max(self.batch_size, self.max_queue // 2)
-        self._idle = threading.Condition()
-        self._stop = False
-        self._drain = False  # set by flush(): publish partial batches too
-        # Set by close() at its deadline: from then on the counts are final, and nothing the
-        # thread (perhaps stuck in a socket call to a hung Redis) does changes them.
-        self._finalized = False
-        self._count_lock = threading.Lock()
-        self._unlogged_drops = 0
-        self._drops_logged_at = -DROP_LOG_EVERY_S
-        self._thread: threading.Thread | None = None
+        self._buffer: Buffer | None = None
         if self.mode == "background":
-            self._thread = threading.Thread(target=self._run, name="ai-usage-client", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        failures = 0
-        while True:
-            if self._stop:
-                timed_out = True  # closing: no more waiting, publish what is left
-            else:
-                timed_out = not self._wake.wait(self.flush_interval)
-                self._wake.clear()
-            # Full batches go at once; a partial one waits for the interval (or a flush), so
-            # that a steady trickle is sent as few, large messages.
-            drain = timed_out or self._stop or self._drain
-            pushed = False
-            while self._queue and (drain or len(self._queue) >= self.batch_size):
-                with self._count_lock:  # close() counts queue + in flight: never neither
-                    if self._finalized:
-                        return
-                    batch, bodies = self._take(drain)
-                    self._in_flight = len(batch)
-                while True:
-                    try:
-                        self._push(RECORD_BATCH, bodies)
-                        failures = 0
-                        pushed = True
-                        with self._count_lock:
-                            if not self._finalized:
-                                self.published += len(batch)
-                        break
-                    except Exception as exc:
-                        if self._finalized:
-                            return  # close() counted this batch as dropped
-                        failures += 1
-                        self.publish_failures += 1
-                        delay = min(self.retry_max_s, 0.1 * 2 ** min(failures, 16))
-                        log.warning(
-                            "could not publish %d usage events (%s); retrying in %.1fs",
-                            len(batch),
-                            exc,
-                            delay,
-                        )
-                        if self._stop and time.monotonic() >= self._deadline:
-                            self._give_up(batch)
-                            break
-                        self._retry_now.wait(delay)
-                        self._retry_now.clear()
-                with self._count_lock:
-                    if not self._finalized:
-                        self._in_flight = 0
-                if self._stop and time.monotonic() >= self._deadline:
-                    self._give_up(list(self._queue))
-                    self._queue.clear()
-            if self._finalized:
-                return  # close() gave up waiting and counted what was left
-            if not self._queue:
-                self._drain = False
-            with self._idle:
-                self._idle.notify_all()
-            # close() may have come while a partial batch was held back: go round once more.
-            if self._stop and not self._queue:
-                return
-            if pushed and not drain:
-                self._hurry.wait(PUSH_EVERY_S)  # let full batches gather for one round
-                self._hurry.clear()
-
-    def _take(self, drain: bool) -> tuple[list[str], list[tuple[str, int]]]:
-        """The events of one round, and its message bodies: full batches (a partial one too
-        if `drain`), at most PUSH_MESSAGES; one for a `publisher` callable, which sends each
-        alone (a retry of the round then repeats no message that went)."""
-        taken: list[str] = []
-        bodies: list[tuple[str, int]] = []
-        queue = self._queue
-        most = 1 if self._publisher is not None else PUSH_MESSAGES
-        while queue and len(bodies) < most and (drain or len(queue) >= self.batch_size):
-            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-            bodies.append(("[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]", len(batch)))
-            taken.extend(batch)
-        return taken, bodies
-
-    def _give_up(self, events: list[str]) -> None:
-        with self._count_lock:
-            if self._finalized:
-                return  # close() has already counted them
-            self._count_dropped(len(events), "not published before the close deadline")
-
-    def _count_dropped(self, n: int, why: str) -> None:
-        """Count `n` dropped events; log a summary at most once per DROP_LOG_EVERY_S (a burst
-        past max_queue is one line with its count, not one line per event)."""
-        if not n:
-            return
-        self.dropped += n
-        if self._dropped_metric is not None:
-            self._dropped_metric.inc(n)
-        if why != "client buffer full":
-            self._log_full_buffer_drops()  # their own line first, with their own reason
-            log.warning("%d usage events dropped (%s); %d dropped in all", n, why, self.dropped)
-            return
-        self._unlogged_drops += n
-        if time.monotonic() - self._drops_logged_at >= DROP_LOG_EVERY_S:
-            self._log_full_buffer_drops()
-
-    def _log_full_buffer_drops(self) -> None:
-        if self._unlogged_drops:
-            log.warning(
-                "%d usage events dropped (client buffer full, max_queue=%d) since the last"
-                " such line; %d dropped in all",
-                self._unlogged_drops,
-                self.max_queue,
-                self.dropped,
+            self._buffer = Buffer(
+                self._push_batches,
+                self._tally,
+                batch_size=self.batch_size,
+                flush_interval=self.flush_interval,
+                max_queue=self.max_queue,
+                retry_max_s=self.retry_max_s,
+                one_per_round=self._publisher is not None,
             )
-        self._unlogged_drops = 0
-        self._drops_logged_at = time.monotonic()
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped: past `max_queue`, or not published by close()'s deadline."""
+        return self._tally.dropped
+
+    @property
+    def published(self) -> int:
+        """Events the background thread has published (Redis confirmed the LPUSH)."""
+        return self._tally.published
+
+    @property
+    def publish_failures(self) -> int:
+        """Failed publishing attempts of the background thread (each retried)."""
+        return self._tally.publish_failures
 
     def pending(self) -> int:
         """Events recorded but not yet published."""
-        return len(self._queue) + self._in_flight
+        return 0 if self._buffer is None else self._buffer.pending()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Publish everything buffered; True if the buffer emptied within `timeout` seconds."""
-        if self.mode == "sync" or self._thread is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while self.pending():
-            self._drain = True
-            self._wake.set()
-            self._retry_now.set()
-            self._hurry.set()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with self._idle:
-                self._idle.wait(min(remaining, 0.05))
-        return True
+        return self._buffer is None or self._buffer.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush with a deadline, then stop the thread; returns within `timeout` (plus a few
@@ -392,20 +249,8 @@ class UsageClient(TrackingMixin):
             return True
         self._closed = True
         dropped_before = self.dropped
-        if self._thread is not None and self._pid == os.getpid():
-            self._deadline = time.monotonic() + timeout
-            self._stop = True
-            self._wake.set()
-            self._retry_now.set()
-            self._hurry.set()
-            self._thread.join(max(0.0, self._deadline - time.monotonic()))
-            with self._count_lock:
-                if not self._finalized:
-                    self._finalized = True
-                    left = len(self._queue) + self._in_flight
-                    self._queue.clear()
-                    self._in_flight = 0
-                    self._count_dropped(left, "not published before the close deadline")
+        if self._buffer is not None and self._pid == os.getpid():
+            self._buffer.close(timeout)
         return self.dropped == dropped_before and not self.pending()
 
     # -- transport ---------------------------------------------------------------------------
@@ -426,23 +271,35 @@ class UsageClient(TrackingMixin):
                     raise
                 time.sleep(0.2 * 2**attempt)
 
-    def _publish_raw(self, task: str, body: str, events: int | None = None) -> None:
+    def _publish_raw(self, task: str, body: str) -> None:
         """LPUSH one Celery protocol-2 message, in kombu's Redis envelope, to the queue.
         `body` is the message body already escaped as the inside of a JSON string.
 
         kombu's own publish spends ~10x the Python time per message, and the GIL it holds is
         time stolen from the application's threads (see worker.client.envelope).
         """
-        self._push(task, [(body, events)])
-
-    def _push(self, task: str, bodies: Sequence[tuple[str, int | None]]) -> None:
-        """Publish one message per body, all in one LPUSH (worker.client.push)."""
         if self._publisher is not None:
-            for body, _events in bodies:
-                args, kwargs, _embed = json.loads(json.loads(f'"{body}"'))
-                self._publisher(task, args, kwargs)
+            self._call_publisher(task, body)
             return
-        envelopes = [redis_envelope(task, body, events) for body, events in bodies]
+        self._push_envelopes([[redis_envelope(task, body)]])
+
+    def _push_batches(self, batches: list[list[str]]) -> None:
+        """One round of the background thread: a record_batch message for each batch, all in
+        one LPUSH (worker.client.push)."""
+        if self._publisher is not None:
+            for batch in batches:
+                self._call_publisher(
+                    RECORD_BATCH, "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
+                )
+            return
+        self._push_envelopes([batch_envelope(batch) for batch in batches])
+
+    def _call_publisher(self, task: str, body: str) -> None:
+        assert self._publisher is not None
+        args, kwargs, _embed = json.loads(json.loads(f'"{body}"'))
+        self._publisher(task, args, kwargs)
+
+    def _push_envelopes(self, envelopes: list[list[str]]) -> None:
         with self._app_lock:
             client = self._redis()
         push(client, QUEUE, envelopes)
