@@ -133,15 +133,10 @@ def worker_alone(
     out["limit_rows_per_s"] = statistics.median(limits)
     out["best_over_round_limit"] = [round(b / x, 3) for b, x in zip(best, limits, strict=True)]
     out["best_over_limit"] = statistics.median(b / x for b, x in zip(best, limits, strict=True))
-    # Why 2/1 is what it is: (cores busy at 2 / at 1) x (CPU per event at 1 / at 2). The first
-    # factor is at most 1 / (busy share at 1): what a second worker could add if it turned
-    # every idle core-second into events at one worker's cost per event.
+    # 2/1 = (cores busy at 2 / at 1) x (CPU per event at 1 / at 2): bench.results' ratios. The
+    # first factor is at most 1 / (busy share at 1): what a second worker could add if it
+    # turned every idle core-second into events at one worker's cost per event.
     busy_1 = 1 - out["processes_1"]["idle_share"]
-    busy_2 = 1 - out["processes_2"]["idle_share"]
-    cost_1 = out["processes_1"]["cpu_us_per_event"]["total"]
-    cost_2 = out["processes_2"]["cpu_us_per_event"]["total"]
-    out["busy_2_over_1"] = busy_2 / busy_1 if busy_1 > 0 else None
-    out["cost_1_over_2"] = cost_1 / cost_2 if cost_2 > 0 else None
     out["two_over_one_ceiling"] = 1 / busy_1 if busy_1 > 0 else None
     out["share_min"] = min(min(s) for s in out["processes_2"]["shares"])
     out["share_max"] = max(max(s) for s in out["processes_2"]["shares"])

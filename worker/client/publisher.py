@@ -34,10 +34,10 @@ from worker.client import fast
 from worker.client.buffer import Buffer, Tally
 from worker.client.envelope import (
     EMBED,
-    EMBED_ESCAPED,
     QUEUE,
     RECORD,
     RECORD_BATCH,
+    batch_body,
     batch_envelope,
     escape_json,
     new_id,
@@ -288,9 +288,7 @@ class UsageClient(TrackingMixin):
         one LPUSH (worker.client.push)."""
         if self._publisher is not None:
             for batch in batches:
-                self._call_publisher(
-                    RECORD_BATCH, "[[[" + ",".join(batch) + "]],{}," + EMBED_ESCAPED + "]"
-                )
+                self._call_publisher(RECORD_BATCH, batch_body(batch))
             return
         self._push_envelopes([batch_envelope(batch) for batch in batches])
 
