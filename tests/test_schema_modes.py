@@ -34,6 +34,9 @@ OUR_TABLES = (
     "ai_usage_closed_months",
     "ai_usage_budgets",
     "ai_usage_budget_alerts",
+    "ai_usage_reconcile_runs",
+    "ai_usage_reconcile_buckets",
+    "ai_usage_reconcile_results",
 )
 
 HOST_ENV = """
