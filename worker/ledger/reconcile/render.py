@@ -43,7 +43,10 @@ def _table(result: Reconciliation) -> str:
     if not result.rows:
         return title + ": neither side has usage in this range"
     body = [tuple(_cell(value) for value in row.as_dict().values()) for row in result.rows]
-    lines = [title, text_table(COLUMNS, body, numeric=False), summary(result.rows)]
+    table = "\n".join(
+        line.rstrip() for line in text_table(COLUMNS, body, numeric=False).split("\n")
+    )
+    lines = [title, table, summary(result.rows)]
     drifting = sum(1 for row in result.rows if row.status in DRIFT)
     if drifting:
         lines.append(f"{drifting} rows drift: see docs/reading/reconciliation.md, Statuses.")
