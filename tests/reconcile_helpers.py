@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from tests.fake_provider_apis import (
@@ -34,6 +35,15 @@ TRUE_PRICES = Pricer()
 def clear_runs(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(RECONCILE_TABLES)}"))
+
+
+@pytest.fixture
+def no_runs_left(engine: Engine) -> Iterator[None]:
+    """No run before the test, and none left for other modules' tests (`ai-usage check`
+    reports runs): the session's `db` fixture does not know these tables."""
+    clear_runs(engine)
+    yield
+    clear_runs(engine)
 
 
 def days_ago(n: int, hour: int = 12) -> dt.datetime:

@@ -22,6 +22,7 @@ from tests.reconcile_helpers import (
     anthropic_saw,
     clear_runs,
     days_ago,
+    no_runs_left,  # noqa: F401 - a fixture, used by pytestmark
     openai_event,
     openai_saw,
     options,
@@ -29,7 +30,7 @@ from tests.reconcile_helpers import (
 )
 from worker.ledger.reconcile import MEASURES, Scope, latest_rows, reconcile
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_runs_left")]
 
 SONNET_ALIAS = "claude-sonnet-4-0"  # what our producers recorded
 SONNET_DATED = "claude-sonnet-4-20250514"  # what Anthropic reports: the same price entry

@@ -27,6 +27,7 @@ from tests.reconcile_helpers import (
     anthropic_saw,
     clear_runs,
     days_ago,
+    no_runs_left,  # noqa: F401 - a fixture, used by pytestmark
     options,
 )
 from worker.cli import main
@@ -38,6 +39,7 @@ from worker.settings import get_settings, load_settings
 
 SECRET = "sk-ant-admin01-THIS-MUST-NEVER-SHOW-UP"
 HAIKU = "claude-3-5-haiku-20241022"
+pytestmark = pytest.mark.usefixtures("no_runs_left")
 
 
 @pytest.fixture
