@@ -196,3 +196,53 @@ def test_a_malformed_answer_names_the_field(fake: FakeProviderApis) -> None:
         pytest.raises(FetchError, match=r"data\[0\]\.results\[0\]\.amount: expected a decimal"),
     ):
         anthropic_reports.fetch(client, FIRST, FIRST, Scope())
+
+
+def test_workspace_scope_and_priority_tier(fake: FakeProviderApis) -> None:
+    fake.anthropic_usage += [
+        AnthropicUsage(FIRST, SONNET, output_tokens=10),
+        AnthropicUsage(FIRST, SONNET, output_tokens=99, workspace_id="wrkspc_01other"),
+        AnthropicUsage(FIRST, "claude-opus-4-20250514", output_tokens=3, service_tier="priority"),
+    ]
+    fake.anthropic_costs += [
+        AnthropicCost(FIRST, "200", SONNET),
+        AnthropicCost(FIRST, "900", SONNET, workspace_id="wrkspc_01other"),
+        AnthropicCost(
+            FIRST, "50", None, cost_type="code_execution", description="Code Execution Usage"
+        ),
+    ]
+    with anthropic_client(fake) as client:
+        report = anthropic_reports.fetch(
+            client, FIRST, FIRST, Scope(workspace_ids=("wrkspc_01ours",))
+        )
+    assert report.measures[(FIRST, SONNET)]["output_tokens"] == 10
+    # The cost report cannot be filtered: grouped by workspace, the other one is left out here.
+    assert report.cost_usd == {(FIRST, SONNET): Decimal(2)}
+    cost_query = fake.requests[-1][1]
+    assert sorted(cost_query["group_by[]"]) == ["description", "workspace_id"]
+    assert "workspace_ids[]" not in cost_query
+    assert [(line.label, line.amount_usd) for line in report.unattributed] == [
+        ("Code Execution Usage", Decimal("0.5"))
+    ]
+    # Priority Tier usage is counted; its cost is declared missing from the cost report.
+    assert report.cost_gaps == {(FIRST, "claude-opus-4-20250514"): anthropic_reports.PRIORITY_COST}
+
+
+def test_openai_key_scope(fake: FakeProviderApis) -> None:
+    fake.openai_usage += [
+        OpenAIUsage(FIRST, "gpt-4o", 100, 0, 10, 1, api_key_id="key_ours"),
+        OpenAIUsage(FIRST, "gpt-4o", 5000, 0, 500, 9, api_key_id="key_other"),
+    ]
+    fake.openai_costs += [
+        OpenAICost(FIRST, 0.01, "gpt-4o, input", api_key_id="key_ours"),
+        OpenAICost(FIRST, 3.0, "gpt-4o, input", api_key_id="key_other"),
+    ]
+    with ReportClient(
+        "openai", fake.openai_url, openai_reports.headers(fake.openai_key), deadline_s=30
+    ) as client:
+        report = openai_reports.fetch(client, FIRST, FIRST, Scope(api_key_ids=("key_ours",)))
+    assert report.measures[(FIRST, "gpt-4o")]["requests"] == 1
+    assert report.cost_usd == {(FIRST, "gpt-4o"): Decimal("0.01")}
+    for _, query, headers in fake.requests:
+        assert query["api_key_ids"] == ["key_ours"] and "api_key_id" in query["group_by"]
+        assert headers["authorization"] == f"Bearer {fake.openai_key}"
