@@ -4,6 +4,7 @@ total deadline, refused keys, null dimensions and the scope filters."""
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -118,6 +119,24 @@ def test_429_waits_what_retry_after_says(fake: FakeProviderApis) -> None:
     assert sleeps.asked[0] == 3.0
     assert 0.25 <= sleeps.asked[1] <= 0.5 and 0.5 <= sleeps.asked[2] <= 1.0
     assert len(sleeps.asked) == 3
+
+
+def test_retry_after_ms_and_http_dates(fake: FakeProviderApis) -> None:
+    later = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), True)
+    fake.fail_next("/v1/organization/usage", 429, Retry_After_Ms="1500", Retry_After="9")
+    fake.fail_next("/v1/organization/usage", 503, Retry_After=later)
+    sleeps = Sleeps()
+    with ReportClient(
+        "openai",
+        fake.openai_url,
+        openai_reports.headers(fake.openai_key),
+        deadline_s=60,
+        sleep=sleeps,
+    ) as client:
+        openai_reports.fetch(client, FIRST, FIRST, Scope())
+    # retry-after-ms first (as the SDKs read it); an HTTP date as the seconds until then.
+    assert sleeps.asked[0] == 1.5
+    assert 25 <= sleeps.asked[1] <= 30
 
 
 def test_a_retry_after_past_the_deadline_fails_at_once(fake: FakeProviderApis) -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
+import httpx2
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
@@ -235,3 +236,21 @@ def test_beat_schedules_the_task_only_when_providers_are_named() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=bad, capture_output=True, text=True
     )
     assert done.returncode != 0 and "AI_USAGE_RECONCILE_PROVIDERS" in done.stderr
+
+
+class Broken(httpx2.BaseTransport):
+    """A transport that fails in a way no retry knows (a bug, say)."""
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError("boom\nsecond line")
+
+
+def test_a_run_that_breaks_is_recorded_failed(db: Engine, fake: FakeProviderApis) -> None:
+    day = days_ago(3).date()
+    with pytest.raises(RuntimeError):
+        reconcile(
+            db, "anthropic", day, day, replace(options(fake, "anthropic"), transport=Broken())
+        )
+    with db.connect() as conn:
+        run = conn.execute(text("SELECT outcome, error FROM ai_usage_reconcile_runs")).one()
+    assert tuple(run) == ("failed", "RuntimeError: boom")

@@ -8,6 +8,7 @@ import datetime as dt
 from sqlalchemy import Engine
 
 from worker.health.check import Check
+from worker.ledger.reconcile.core import printable
 from worker.settings import Settings
 
 #: Days of verdicts looked at: a drift older than this is history, not an alarm.
@@ -37,7 +38,8 @@ def check_reconcile(
         rows = drifting[provider]
         if rows:
             days = sorted({r.day for r in rows})
-            models = sorted({r.model for r in rows})[:3]
+            # Model names come from the provider's report: escaped before a terminal.
+            models = [printable(m, 60) for m in sorted({r.model for r in rows})[:3]]
             out.append(
                 Check(
                     "reconcile",

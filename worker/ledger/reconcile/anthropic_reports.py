@@ -11,8 +11,8 @@ import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
 
-from worker.ledger.reconcile.core import ProviderReport, RawResult, Scope
-from worker.ledger.reconcile.fetch import ReportClient, printable
+from worker.ledger.reconcile.core import ProviderReport, RawResult, Scope, printable
+from worker.ledger.reconcile.fetch import ReportClient
 from worker.ledger.reconcile.shapes import (
     amount,
     bad,

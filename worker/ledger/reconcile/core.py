@@ -43,6 +43,13 @@ _DIMENSIONS = {
 }
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters, control characters escaped: a provider's message
+    is shown to a human's terminal."""
+    cut = text[:limit]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
 class ReconcileError(Exception):
     """Raised when a reconciliation cannot be done; the message names the setting or flag."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx2
 
-from worker.ledger.reconcile.core import DeadlineExceeded, FetchError
+from worker.ledger.reconcile.core import DeadlineExceeded, FetchError, printable
 
 #: Longest pause between two attempts when the server gives no Retry-After.
 MAX_BACKOFF_S = 30.0
@@ -28,13 +28,6 @@ REQUEST_TIMEOUT_S = 60.0
 MAX_PAGES = 1000
 
 Params = Sequence[tuple[str, str]]
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """`text` cut to `limit` characters, control characters escaped: a provider's message
-    is shown to a human's terminal."""
-    cut = text[:limit]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
 
 
 class ReportClient:
@@ -134,7 +127,14 @@ class ReportClient:
 
 
 def retry_after(response: httpx2.Response) -> float | None:
-    """The Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
+    """The wait the server asks for, in seconds: `retry-after-ms` (which both providers' SDKs
+    read first), else Retry-After (delta-seconds or an HTTP date); None when neither parses."""
+    millis = response.headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
     value = response.headers.get("retry-after")
     if value is None:
         return None

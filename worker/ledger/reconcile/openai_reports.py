@@ -15,8 +15,8 @@ import datetime as dt
 import functools
 
 from worker.ledger.pricing import find_model
-from worker.ledger.reconcile.core import ProviderReport, RawResult, Scope
-from worker.ledger.reconcile.fetch import ReportClient, printable
+from worker.ledger.reconcile.core import ProviderReport, RawResult, Scope, printable
+from worker.ledger.reconcile.fetch import ReportClient
 from worker.ledger.reconcile.shapes import (
     amount,
     bad,

@@ -6,8 +6,7 @@ import csv
 import io
 import json
 
-from worker.ledger.reconcile.core import DRIFT, Row
-from worker.ledger.reconcile.fetch import printable
+from worker.ledger.reconcile.core import DRIFT, Row, printable
 from worker.ledger.reconcile.run import Reconciliation
 from worker.ledger.report import text_table
 

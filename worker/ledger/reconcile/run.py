@@ -118,19 +118,30 @@ def reconcile(
         run_id = store.start_run(
             conn, provider, first, last, options.scope, options.tolerance_pct, options.lag_hours
         )
+    judging = Judging(options.tolerance_pct, dt.timedelta(hours=float(options.lag_hours)), now)
     try:
         report = _fetch(provider, first, last, options)
-    except ReconcileError as exc:
         with engine.begin() as conn:
-            store.finish_run(conn, run_id, str(exc))
+            saved = store.save_raw(conn, run_id, report.raw)
+            rows = judge(provider, load_metered(conn, provider, first, last), report, judging)
+            store.save_rows(conn, run_id, provider, rows)
+            store.finish_run(conn, run_id)
+    except Exception as exc:
+        # A run never stays `running`: its error is recorded (the messages carry no key).
+        message = str(exc) if isinstance(exc, ReconcileError) else first_line(exc)
+        try:
+            with engine.begin() as conn:
+                store.finish_run(conn, run_id, message)
+        except Exception:
+            log.warning("reconcile run %d: could not record its failure", run_id)
         raise
-    judging = Judging(options.tolerance_pct, dt.timedelta(hours=float(options.lag_hours)), now)
-    with engine.begin() as conn:
-        saved = store.save_raw(conn, run_id, report.raw)
-        rows = judge(provider, load_metered(conn, provider, first, last), report, judging)
-        store.save_rows(conn, run_id, provider, rows)
-        store.finish_run(conn, run_id)
     return Reconciliation(run_id, provider, first, last, options.scope, rows, saved)
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for a run's error column."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _fetch(provider: str, first: dt.date, last: dt.date, options: Options) -> ProviderReport:

@@ -8,8 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from worker.ledger.reconcile.core import FetchError
-from worker.ledger.reconcile.fetch import printable
+from worker.ledger.reconcile.core import FetchError, printable
 
 
 def bad(what: str, where: str, problem: str) -> FetchError:
