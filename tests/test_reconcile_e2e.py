@@ -133,11 +133,14 @@ def test_anthropic_match_under_metered_provisional_and_scope(
             {"d": today.date()},
         ).all()
         current = latest_rows(conn, "anthropic", since=today.date())
+        judged = latest_rows(conn, since=d1.date(), until=d2.date())
     assert [tuple(h) for h in history] == [
         (first.run_id, "provisional"),
         (second.run_id, "match"),
     ]
     assert {r["status"] for r in current} == {"match"}
+    assert {r["day"] for r in judged} == {d1.date(), d2.date()}
+    assert sum(r["status"] == "under_metered" for r in judged) == 3
     assert set(current[0]) == {
         "provider",
         "day",

@@ -127,12 +127,16 @@ ORDER BY r.provider, r.day, r.model, r.id
 
 
 def latest_rows(
-    conn: Connection, provider: str | None = None, since: dt.date | None = None
+    conn: Connection,
+    provider: str | None = None,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
 ) -> list[dict[str, Any]]:
-    """The current verdicts, oldest day first: dicts of provider, day, model, measure,
-    metered, reported and status (what the HTML report's "metered vs provider" section
-    shows), each from the latest successful run that covered its day."""
-    where, params = _filters(provider, since)
+    """The current verdicts over [since, until] (UTC days, either open), oldest day first:
+    dicts of provider, day, model, measure, metered, reported and status (what the HTML
+    report's "metered vs provider" section shows), each from the latest successful run that
+    covered its day."""
+    where, params = _filters(provider, since, until)
     return [
         {
             "provider": p,
@@ -177,7 +181,9 @@ def last_runs(conn: Connection) -> dict[str, tuple[str, dt.datetime, str | None]
     return out
 
 
-def _filters(provider: str | None, since: dt.date | None) -> tuple[str, dict[str, Any]]:
+def _filters(
+    provider: str | None, since: dt.date | None, until: dt.date | None = None
+) -> tuple[str, dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
     if provider is not None:
@@ -186,4 +192,7 @@ def _filters(provider: str | None, since: dt.date | None) -> tuple[str, dict[str
     if since is not None:
         clauses.append("r.day >= :since")
         params["since"] = since
+    if until is not None:
+        clauses.append("r.day <= :until")
+        params["until"] = until
     return "".join(f" AND {c}" for c in clauses), params
