@@ -138,7 +138,7 @@ def rollup(args: argparse.Namespace) -> int:
 
 def reprice(args: argparse.Namespace) -> int:
     from worker.ledger.pricing import default_pricer
-    from worker.ledger.rollups import reprice as reprice_rows
+    from worker.ledger.reprice import reprice as reprice_rows
 
     rp = reprice_rows(database(), default_pricer(), args.month)
     say(f"priced {rp.priced} rows; {rp.still_unpriced} rows still have no known price")
