@@ -27,6 +27,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +295,12 @@ def doc_world(db: Engine, redis_url: str) -> Iterator[dict[str, str]]:
     yield {**os.environ, "AI_USAGE_BROKER_URL": redis_url, "PYTHONPATH": str(ROOT)}
 
 
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def prepared(block: Block, redis_url: str) -> str:
     return block.code.replace(READER_REDIS, redis_url)
 
@@ -316,15 +323,7 @@ def test_command_blocks(block: Block, doc_world: dict[str, str], redis_url: str)
             continue
         words = shlex.split(line)
         assert words[0] == "ai-usage", f"{block.id}: only `ai-usage` commands run here: {line}"
-        out = subprocess.run(
-            [AI_USAGE, *words[1:]],
-            env=doc_world,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        out = run([AI_USAGE, *words[1:]], doc_world, ROOT)
         assert out.returncode == 0, f"{block.id}: `{line}` exited {out.returncode}: {out.stderr}"
 
 
@@ -344,19 +343,12 @@ def test_script_blocks(
         ).start()
     try:
         before = count_rows(db)
-        out = subprocess.run(
-            [sys.executable, "-c", prepared(block, redis_url)],
-            env=doc_world,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        out = run([sys.executable, "-c", prepared(block, redis_url)], doc_world, tmp_path)
         assert out.returncode == 0, f"{block.id}: {out.stderr}"
         if block.lands is not None:
             expected = before + block.lands
             wait_for(lambda: count_rows(db) >= expected, 60, what=f"{block.lands} rows")
+            time.sleep(1)  # a row past the count would have landed by now: exactly N, not >= N
             assert count_rows(db) == expected
             assert count_rows(db, "ai_usage_dead_letters") == 0
     finally:
