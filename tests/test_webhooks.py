@@ -1,0 +1,355 @@
+"""The alert webhook against hostile receivers on 127.0.0.1: redirects, malformed and oversized
+answers, a dribbler, resets, refusals, bad URLs. Each delivery ends as a failed attempt with a
+reason, recorded on the alert in the real database, and nothing is left `sending`. The
+signature is the Standard Webhooks one: the specification's library and a verifier written
+here from the specification both accept it, and both refuse a changed body or an old
+timestamp."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, text
+from standardwebhooks import Webhook as Verifier
+from standardwebhooks import WebhookVerificationError
+
+from tests import webhook_receivers as rx
+from tests.conftest import make_tenant
+from tests.test_budgets import Sent, spend
+from worker.client.errors import ConfigError
+from worker.ledger import webhooks
+from worker.ledger.alerts import Webhook, check_budgets, deliver_due, list_alerts
+from worker.ledger.budgets import set_budget
+from worker.settings import Settings, load_settings
+
+SECRET = SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode())
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[rx.Receiver]]:
+    made: list[rx.Receiver] = []
+    yield made
+    for r in made:
+        r.close()
+
+
+def receiver(made: list[rx.Receiver], respond: rx.Respond) -> rx.Receiver:
+    r = rx.Receiver(respond)
+    made.append(r)
+    return r
+
+
+def one_alert(db: Engine) -> None:
+    """A tenant past 50% of its budget, its alert raised and pending delivery."""
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    spend(db, tenant, 0.75)
+    scheduled: list[bool] = []
+    assert len(check_budgets(db, Sent(), lambda: scheduled.append(True))) == 1
+    assert scheduled == [True]
+
+
+def deliver_once(db: Engine, url: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    run = deliver_due(db, Webhook(url, SECRET, attempts=1, timeout_s=timeout_s))
+    assert (run.delivered, run.retrying, run.next_in_s) == (0, 0, None)
+    [alert] = list_alerts(db)
+    assert alert["webhook_status"] == "failed" and alert["webhook_attempts"] == 1
+    with db.connect() as conn:
+        stuck = conn.execute(
+            text("SELECT count(*) FROM ai_usage_budget_alerts WHERE webhook_status = 'sending'")
+        ).scalar_one()
+    assert stuck == 0
+    return alert
+
+
+@pytest.mark.parametrize("code", [301, 302, 307])
+@pytest.mark.parametrize("target", ["other origin", "ftp"])
+def test_a_redirect_is_a_failed_delivery_never_followed(
+    db: Engine, receivers: list[rx.Receiver], code: int, target: str
+) -> None:
+    elsewhere = receiver(receivers, rx.status(204))
+    location = elsewhere.url if target == "other origin" else f"ftp://127.0.0.1:{elsewhere.port}/x"
+    hook = receiver(receivers, rx.redirect(code, location))
+    one_alert(db)
+    alert = deliver_once(db, hook.url)
+    assert alert["webhook_error"] == f"HTTP {code}: a redirect, not followed"
+    assert len(hook.requests) == 1 and hook.requests[0].method == "POST"
+    assert elsewhere.connections == 0  # neither the body nor the signature went elsewhere
+
+
+HOSTILE: dict[str, tuple[rx.Respond, str]] = {
+    "malformed status line": (
+        rx.answer(b"HTTP/1.1 two hundred \x1b]0;pwned\x07\r\n\r\n"),
+        "malformed status line (BadStatusLine): HTTP/1.1 two hundred \\x1b]0;pwned\\x07\\r\\n",
+    ),
+    "not HTTP at all": (rx.answer(b"\x00\x01garbage\r\n\r\n"), "malformed status line"),
+    "a header line over 64 KiB": (
+        rx.answer(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"),
+        "answer line too long (LineTooLong): got more than 65536 bytes when reading header line",
+    ),
+    "too many headers": (
+        rx.answer(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n"),
+        "HTTPException: got more than 100 headers",
+    ),
+    "no answer, just closed": (rx.answer(b""), "RemoteDisconnected"),
+    "a reset": (rx.reset, "Connection"),  # reset, or closed, depending on timing
+    "a server error": (rx.status(500, "Oops \x1b[2J"), "HTTP 500"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_broken_answer_is_a_failed_attempt_with_its_reason(
+    db: Engine, receivers: list[rx.Receiver], case: str
+) -> None:
+    respond, reason = HOSTILE[case]
+    hook = receiver(receivers, respond)
+    one_alert(db)
+    error = deliver_once(db, hook.url)["webhook_error"]
+    assert reason in error
+    assert error.isprintable() and len(error) <= 250  # nothing raw of the receiver's is kept
+
+
+def test_a_refused_connection_is_a_failed_attempt(db: Engine) -> None:
+    one_alert(db)
+    error = deliver_once(db, rx.refused_url())["webhook_error"]
+    assert error == "connection refused (ConnectionRefusedError): Connection refused"
+
+
+def test_https_to_a_plain_http_receiver_is_a_failed_attempt(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    hook = rx.Receiver(rx.status(204), read_first=False)
+    receivers.append(hook)
+    one_alert(db)
+    error = deliver_once(db, hook.url.replace("http://", "https://"))["webhook_error"]
+    assert "SSL" in error
+
+
+def test_a_dribbler_is_cut_at_the_deadline(db: Engine, receivers: list[rx.Receiver]) -> None:
+    hook = receiver(receivers, rx.dribble(every_s=0.5))
+    one_alert(db)
+    error = deliver_once(db, hook.url, timeout_s=1.5)["webhook_error"]
+    assert error == "no complete answer within the 1.5s deadline"
+    assert hook.hung_up.wait(10)  # we hung up on it
+    # Cut after about 1.5 s of a byte every 0.5 s: a per-read timeout would never have cut it.
+    assert 1 <= hook.dribbled <= 6
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "data:text/plain,hello",
+        "ftp://127.0.0.1/alerts",
+        "javascript:alert(1)",
+        "https://hook.example/a b",
+        "https://hook.example/\r\nX-Injected: 1",
+        "http:///no-host",
+        "http://hook.example:99999/",
+    ],
+)
+def test_urls_other_than_http_are_refused_when_settings_load(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_with(url, SECRET.get_secret_value())
+    message = str(refused.value)
+    assert message.startswith("AI_USAGE_ALERT_WEBHOOK_URL: ") and "\n" not in message
+    with pytest.raises(ValueError):
+        Webhook(url, SECRET)
+    assert webhooks.post(url, b"{}", {}, 1.0).reason is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alice:hunter2-pw@hook.example/alerts",
+        "https://alice:hunter2-pw@hook.example:8443/alerts",
+        "http://:hunter2-pw@127.0.0.1/alerts",
+        "https://hunter2-pw@hook.example/alerts",
+    ],
+)
+def test_a_url_with_userinfo_is_refused_and_never_shown(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError) as refused:
+        settings_with(url, SECRET.get_secret_value())
+    assert str(refused.value) == (
+        "AI_USAGE_ALERT_WEBHOOK_URL: Value error, must not hold a user name or password (put"
+        " credentials in the secret, not the URL)"
+    )
+    with pytest.raises(ValueError) as error:
+        Webhook(url, SECRET)
+    attempt = webhooks.post(url, b"{}", {}, 1.0)
+    shown = [str(error.value), str(attempt.reason), caplog.text]
+    assert not any("hunter2" in s for s in shown)
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("s3cret-for-tests-but-not-whsec", "expected whsec_<base64>"),
+        ("whsec_" + base64.b64encode(b"k" * 23).decode(), "is 23 bytes, fewer than 24"),
+        ("whsec_not*base64!", "is not valid base64 after whsec_"),
+    ],
+)
+def test_a_bad_or_short_secret_is_refused_in_one_line(secret: str, why: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_with("https://hook.example/a", secret)
+    message = str(refused.value)
+    assert message.startswith("AI_USAGE_ALERT_WEBHOOK_SECRET: ") and why in message
+    assert secret not in message and "\n" not in message
+
+
+def test_a_url_needs_a_secret_and_the_secret_never_shows() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_with("https://hook.example/a", "")
+    assert str(refused.value).startswith("AI_USAGE_ALERT_WEBHOOK_SECRET: is required when")
+    plain = SECRET.get_secret_value()
+    settings = settings_with("https://hook.example/a", plain)
+    webhook = Webhook("https://hook.example/a", SECRET)
+    for shown in (repr(settings), str(settings), repr(webhook), str(webhook)):
+        assert plain not in shown and plain[6:20] not in shown
+    assert settings_with("", "").alert_webhook_url is None
+
+
+def settings_with(url: str, secret: str) -> Settings:
+    return load_settings(AI_USAGE_ALERT_WEBHOOK_URL=url, AI_USAGE_ALERT_WEBHOOK_SECRET=secret)
+
+
+def verify_by_hand(secret: str, body: bytes, headers: dict[str, str], now: float) -> bool:
+    """The specification's verification, written from its text, not from the library."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    msg_id, stamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if abs(now - int(stamp)) > 300:  # the replay tolerance
+        return False
+    signed = msg_id.encode() + b"." + stamp.encode() + b"." + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        version == "v1" and hmac.compare_digest(sig, expected)
+        for version, _, sig in (s.partition(",") for s in headers["webhook-signature"].split())
+    )
+
+
+def test_verifiers_accept_the_signature_and_refuse_a_changed_body_or_an_old_timestamp(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    hook = receiver(receivers, rx.status(204))
+    one_alert(db)
+    run = deliver_due(db, Webhook(hook.url, SECRET))
+    assert (run.delivered, run.next_in_s) == (1, None)
+    [got] = hook.requests
+    [alert] = list_alerts(db)
+    assert (alert["webhook_status"], alert["webhook_attempts"]) == ("sent", 1)
+    secret = SECRET.get_secret_value()
+    now = dt.datetime.now(dt.UTC).timestamp()
+    assert Verifier(secret).verify(got.body, got.headers)["alert_id"] == alert["id"]
+    assert verify_by_hand(secret, got.body, got.headers, now)
+    assert got.headers["webhook-id"] == webhooks.webhook_id(
+        alert["tenant_id"], dt.date.fromisoformat(alert["month"] + "-01"), 50
+    )
+    assert got.headers["content-type"] == "application/json"
+    changed = got.body.replace(b'"threshold_pct": 50', b'"threshold_pct": 90')
+    assert changed != got.body
+    with pytest.raises(WebhookVerificationError):
+        Verifier(secret).verify(changed, got.headers)
+    assert not verify_by_hand(secret, changed, got.headers, now)
+    # A captured delivery replayed 6 minutes later: both refuse it.
+    old = webhooks.signed_headers(
+        SECRET,
+        got.headers["webhook-id"],
+        got.body,
+        dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6),
+    )
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Verifier(secret).verify(got.body, old)
+    assert not verify_by_hand(secret, got.body, old, now)
+    another = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    with pytest.raises(WebhookVerificationError):
+        Verifier(another).verify(got.body, got.headers)
+
+
+def test_each_attempt_is_signed_afresh_under_the_same_id() -> None:
+    then = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
+    first = webhooks.signed_headers(SECRET, "alert_x", b"{}", then)
+    again = webhooks.signed_headers(SECRET, "alert_x", b"{}", then + dt.timedelta(seconds=90))
+    assert first["webhook-id"] == again["webhook-id"] == "alert_x"
+    assert (first["webhook-timestamp"], again["webhook-timestamp"]) == ("1796126400", "1796126490")
+    assert first["webhook-signature"] != again["webhook-signature"]
+    assert first["webhook-signature"].startswith("v1,")
+
+
+def test_retries_back_off_then_deliver_under_one_id(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    hook = receiver(receivers, rx.failing(2))
+    one_alert(db)
+    webhook = Webhook(hook.url, SECRET, attempts=4, timeout_s=2)
+    waits = []
+    while True:
+        run = deliver_due(db, webhook)
+        if run.next_in_s is None:
+            break
+        assert run.retrying == 1
+        waits.append(run.next_in_s)
+        threading.Event().wait(run.next_in_s)
+    assert len(waits) == 2 and 0 < waits[0] <= 0.5 and 0.5 < waits[1] <= 1.0  # 0.5 s, then 1 s
+    [alert] = list_alerts(db)
+    assert (alert["webhook_status"], alert["webhook_attempts"]) == ("sent", 3)
+    assert alert["webhook_error"] is None
+    assert len({r.headers["webhook-id"] for r in hook.requests}) == 1 and len(hook.requests) == 3
+    for r in hook.requests:
+        Verifier(SECRET.get_secret_value()).verify(r.body, r.headers)
+
+
+def test_concurrent_delivery_runs_post_each_alert_once(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    hook = receiver(receivers, rx.status(204))
+    tenants = [make_tenant(db, f"t{i}") for i in range(3)]
+    for t in tenants:
+        set_budget(db, t, Decimal(1), [50, 80])
+        spend(db, t, 0.9)
+    check_budgets(db, Sent(), lambda: None)
+    webhook = Webhook(hook.url, SECRET)
+    runs = [threading.Thread(target=deliver_due, args=(db, webhook)) for _ in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    deliver_due(db, webhook)
+    alerts = list_alerts(db)
+    assert len(alerts) == 6 and {a["webhook_status"] for a in alerts} == {"sent"}
+    got = sorted(json.loads(r.body)["alert_id"] for r in hook.requests)
+    assert got == sorted(a["id"] for a in alerts)  # each once
+
+
+def test_a_run_takes_up_an_alert_left_sending_by_a_dead_process(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    hook = receiver(receivers, rx.status(204))
+    one_alert(db)
+    with db.begin() as conn:  # claimed by a process that died 11 minutes ago
+        conn.execute(
+            text(
+                "UPDATE ai_usage_budget_alerts SET webhook_status = 'sending',"
+                " webhook_at = now() - interval '11 minutes'"
+            )
+        )
+    owed: list[bool] = []
+    check_budgets(db, Sent(), lambda: owed.append(True))  # nothing new, but a delivery owed
+    assert owed == [True]
+    assert deliver_due(db, Webhook(hook.url, SECRET)).delivered == 1
+    assert list_alerts(db)[0]["webhook_status"] == "sent"
+    check_budgets(db, Sent(), lambda: owed.append(True))
+    assert owed == [True]  # nothing owed now: no run scheduled
