@@ -11,11 +11,16 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import http.server
 import json
 import logging
+import os
+import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,12 +30,15 @@ from standardwebhooks import Webhook as Verifier
 from standardwebhooks import WebhookVerificationError
 
 from tests import webhook_receivers as rx
-from tests.conftest import make_tenant
+from tests.conftest import AI_USAGE, make_tenant
+from tests.factories import event
 from tests.test_budgets import Sent, spend
 from worker.client.errors import ConfigError
 from worker.ledger import webhooks
 from worker.ledger.alerts import Webhook, check_budgets, deliver_due, list_alerts
 from worker.ledger.budgets import set_budget
+from worker.ledger.ingest import write_batch
+from worker.ledger.pricing import Pricer
 from worker.settings import Settings, load_settings
 
 SECRET = SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode())
@@ -353,3 +361,77 @@ def test_a_run_takes_up_an_alert_left_sending_by_a_dead_process(
     assert list_alerts(db)[0]["webhook_status"] == "sent"
     check_budgets(db, Sent(), lambda: owed.append(True))
     assert owed == [True]  # nothing owed now: no run scheduled
+
+
+def doc_examples() -> list[str]:
+    page = (Path(__file__).resolve().parent.parent / "docs/reading/webhooks.md").read_text()
+    return re.findall(r"```python\n(.*?)```", page, re.S)
+
+
+def test_the_docs_receivers_verify_real_deliveries(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library_receiver, by_hand = doc_examples()
+    serve = 'HTTPServer(("0.0.0.0", 8080), Alerts).serve_forever()'
+    assert serve in library_receiver
+    monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_SECRET", SECRET.get_secret_value())
+    page: dict[str, Any] = {}
+    exec(library_receiver.replace(serve, ""), page)  # the page's receiver, on a random port
+    server = http.server.HTTPServer(("127.0.0.1", 0), page["Alerts"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    recorder = rx.Receiver(rx.status(204))
+    try:
+        one_alert(db)
+        assert deliver_due(db, Webhook(url, SECRET)).delivered == 1  # it answered 204
+        assert len(page["handled"]) == 1
+        [alert] = list_alerts(db)
+        body = json.dumps({"alert_id": alert["id"], "tampered": True}).encode()
+        headers = webhooks.signed_headers(SECRET, "alert_x", body)
+        headers["webhook-signature"] = webhooks.signed_headers(SECRET, "alert_x", b"{}")[
+            "webhook-signature"
+        ]
+        assert webhooks.post(url, body, headers, 5).status == 400  # refused
+        # The standard-library check agrees, on a delivery captured by another receiver.
+        with db.begin() as conn:
+            conn.execute(text("UPDATE ai_usage_budget_alerts SET webhook_status = 'pending'"))
+        deliver_due(db, Webhook(recorder.url, SECRET))
+        [got] = recorder.requests
+        plain: dict[str, Any] = {}
+        exec(by_hand, plain)
+        verify = plain["verify"]
+        assert verify(SECRET.get_secret_value(), got.headers, got.body)
+        assert not verify(SECRET.get_secret_value(), got.headers, got.body + b" ")
+        old = webhooks.signed_headers(
+            SECRET, "alert_x", got.body, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6)
+        )
+        assert not verify(SECRET.get_secret_value(), old, got.body)
+        assert not verify(SECRET.get_secret_value(), {}, got.body)
+    finally:
+        server.shutdown()
+        server.server_close()
+        recorder.close()
+
+
+def test_cli_rollup_with_the_broker_down_keeps_the_rollup_and_says_so(
+    db: Engine, database_url: str
+) -> None:
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    write_batch(db, [event(tenant, cost_usd=0.75)], Pricer())
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": rx.refused_url().replace("http://", "redis://:hunter2@").split("/hooks")[0],
+    }
+    out = subprocess.run(
+        [AI_USAGE, "rollup"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 3, out.stderr
+    assert "rolled up" in out.stdout
+    [line] = out.stderr.splitlines()
+    assert line.startswith("ai-usage: broker unreachable, budget alerts not raised")
+    assert "hunter2" not in out.stdout + out.stderr
+    assert list_alerts(db) == []  # nothing kept: the next rollup raises it
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT sum(cost_usd) FROM ai_usage_daily_rollups")).scalar()
