@@ -111,7 +111,7 @@ HOSTILE: dict[str, tuple[rx.Respond, str]] = {
         "HTTPException: got more than 100 headers",
     ),
     "no answer, just closed": (rx.answer(b""), "RemoteDisconnected"),
-    "a reset": (rx.reset, "Connection"),  # reset, or closed, depending on timing
+    "a reset": (rx.reset, "ConnectionResetError: Connection reset by peer"),
     "a server error": (rx.status(500, "Oops \x1b[2J"), "HTTP 500"),
 }
 
@@ -165,6 +165,7 @@ def test_a_dribbler_is_cut_at_the_deadline(db: Engine, receivers: list[rx.Receiv
         "https://hook.example/\r\nX-Injected: 1",
         "http:///no-host",
         "http://hook.example:99999/",
+        "https://hoo\u200bk.example/\u202eevil",
     ],
 )
 def test_urls_other_than_http_are_refused_when_settings_load(url: str) -> None:
@@ -340,6 +341,31 @@ def test_concurrent_delivery_runs_post_each_alert_once(
     assert len(alerts) == 6 and {a["webhook_status"] for a in alerts} == {"sent"}
     got = sorted(json.loads(r.body)["alert_id"] for r in hook.requests)
     assert got == sorted(a["id"] for a in alerts)  # each once
+
+
+def test_a_delivery_run_that_cannot_be_scheduled_is_scheduled_by_the_next_check(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = make_tenant(db)
+    set_budget(db, tenant, Decimal(1), [50])
+    spend(db, tenant, 0.75)
+
+    def broker_down() -> None:
+        raise ConnectionError("broker down")
+
+    assert len(check_budgets(db, Sent(), broker_down)) == 1  # the alert is raised all the same
+    assert "delivery run not scheduled (broker down)" in caplog.text
+    [alert] = list_alerts(db)
+    assert alert["webhook_status"] == "pending"
+    scheduled: list[bool] = []
+    check_budgets(db, Sent(), lambda: scheduled.append(True))
+    assert scheduled == []  # due just now: a run may be on its way
+    with db.begin() as conn:
+        conn.execute(
+            text("UPDATE ai_usage_budget_alerts SET webhook_at = now() - interval '2 minutes'")
+        )
+    check_budgets(db, Sent(), lambda: scheduled.append(True))
+    assert scheduled == [True]  # owed, and no run came: scheduled again
 
 
 def test_a_run_takes_up_an_alert_left_sending_by_a_dead_process(

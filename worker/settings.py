@@ -264,6 +264,8 @@ def webhook_url_problem(url: str) -> str | None:
     which would be sent as a header and end up in logs; no space or control character."""
     if any(ch <= " " or ch == "\x7f" for ch in url):
         return "must not contain spaces or control characters"
+    if not url.isascii():
+        return "must be ASCII (an international domain name in its xn-- form, a path %-encoded)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
