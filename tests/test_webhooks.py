@@ -439,24 +439,32 @@ def test_the_docs_receivers_verify_real_deliveries(
         recorder.close()
 
 
-def test_cli_rollup_with_the_broker_down_keeps_the_rollup_and_says_so(
-    db: Engine, database_url: str
+@pytest.mark.parametrize("broker", ["down", "unset"])
+def test_cli_rollup_without_a_broker_keeps_the_rollup_and_says_so(
+    db: Engine, database_url: str, broker: str
 ) -> None:
     tenant = make_tenant(db)
     set_budget(db, tenant, Decimal(1), [50])
     write_batch(db, [event(tenant, cost_usd=0.75)], Pricer())
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": rx.refused_url().replace("http://", "redis://:hunter2@").split("/hooks")[0],
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    env["DATABASE_URL"] = database_url
+    if broker == "down":
+        port = rx.refused_url().split(":")[2].split("/")[0]
+        env["REDIS_URL"] = f"redis://:hunter2@127.0.0.1:{port}/0"
     out = subprocess.run(
         [AI_USAGE, "rollup"], env=env, capture_output=True, text=True, timeout=120, check=False
     )
-    assert out.returncode == 3, out.stderr
     assert "rolled up" in out.stdout
     [line] = out.stderr.splitlines()
-    assert line.startswith("ai-usage: broker unreachable, budget alerts not raised")
+    if broker == "down":
+        assert out.returncode == 3, out.stderr
+        assert line.startswith("ai-usage: broker unreachable, budget alerts not raised")
+    else:
+        assert out.returncode == 2, out.stderr
+        assert line == (
+            "ai-usage: budget alerts not raised (the rollup is done): REDIS_URL is not set"
+            " (nor CELERY_BROKER_URL): the broker is unknown"
+        )
     assert "hunter2" not in out.stdout + out.stderr
     assert list_alerts(db) == []  # nothing kept: the next rollup raises it
     with db.connect() as conn:

@@ -13,6 +13,7 @@ from typing import Any
 
 from worker.cli.common import (
     EXIT_OK,
+    EXIT_USAGE,
     CommandError,
     Unreachable,
     UsageError,
@@ -187,6 +188,7 @@ def raise_rollup_alerts(engine: Any) -> None:
     does (the same insert decides, so each alert is raised once whoever rolls up)."""
     from kombu.exceptions import OperationalError
 
+    from worker.client.errors import ConfigError
     from worker.consumer.tasks import raise_alerts
     from worker.logs import redact
 
@@ -196,6 +198,10 @@ def raise_rollup_alerts(engine: Any) -> None:
         raise Unreachable(
             f"broker unreachable, budget alerts not raised (the rollup is done; the next one"
             f" raises them): {redact(first_line(exc))}"
+        ) from None
+    except ConfigError as exc:  # the alerts go to the broker: a cron job may not name one
+        raise CommandError(
+            f"budget alerts not raised (the rollup is done): {exc}", EXIT_USAGE
         ) from None
     for alert in raised:
         say(
