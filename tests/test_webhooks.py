@@ -33,13 +33,14 @@ from tests import webhook_receivers as rx
 from tests.conftest import AI_USAGE, make_tenant
 from tests.factories import event
 from tests.test_budgets import Sent, spend
+from worker.cli import main as cli
 from worker.client.errors import ConfigError
 from worker.ledger import webhooks
 from worker.ledger.alerts import Webhook, check_budgets, deliver_due, list_alerts
 from worker.ledger.budgets import set_budget
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, get_settings, load_settings
 
 SECRET = SecretStr("whsec_" + base64.b64encode(b"k" * 32).decode())
 
@@ -188,9 +189,25 @@ def test_urls_other_than_http_are_refused_when_settings_load(url: str) -> None:
     ],
 )
 def test_a_url_with_userinfo_is_refused_and_never_shown(
-    url: str, caplog: pytest.LogCaptureFixture
+    url: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_URL", url)
+    monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_SECRET", SECRET.get_secret_value())
+    get_settings.cache_clear()
+    try:
+        assert cli(["budget", "redeliver"]) == 2
+        assert cli(["check"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        "ai-usage: configuration error: AI_USAGE_ALERT_WEBHOOK_URL: Value error, must not hold a"
+        " user name or password (put credentials in the secret, not the URL)"
+    )
     with pytest.raises(ConfigError) as refused:
         settings_with(url, SECRET.get_secret_value())
     assert str(refused.value) == (
@@ -200,7 +217,7 @@ def test_a_url_with_userinfo_is_refused_and_never_shown(
     with pytest.raises(ValueError) as error:
         Webhook(url, SECRET)
     attempt = webhooks.post(url, b"{}", {}, 1.0)
-    shown = [str(error.value), str(attempt.reason), caplog.text]
+    shown = [str(error.value), str(attempt.reason), caplog.text, err]
     assert not any("hunter2" in s for s in shown)
 
 
