@@ -296,7 +296,13 @@ def test_thresholds_crossed_through_a_real_worker_alert_once(
 ) -> None:
     tenant, unbudgeted = make_tenant(db, "a"), make_tenant(db, "b")
     set_budget(db, tenant, Decimal("1.00"), [50, 80])
-    start_worker(env={"AI_USAGE_ALERT_QUEUE": "test.alerts"}, args=["--concurrency", "2"])
+    hook = rx.Receiver(rx.status(204))
+    env = {
+        "AI_USAGE_ALERT_QUEUE": "test.alerts",
+        "AI_USAGE_ALERT_WEBHOOK_URL": hook.url,
+        "AI_USAGE_ALERT_WEBHOOK_SECRET": SECRET.get_secret_value(),
+    }
+    start_worker(env=env, args=["--concurrency", "2"])
     producer = Celery("app", broker=redis_url, set_as_current=False)
     events = [event(tenant, cost_usd=0.1) for _ in range(6)]
     events += [event(unbudgeted, cost_usd=5.0) for _ in range(3)]
@@ -323,6 +329,16 @@ def test_thresholds_crossed_through_a_real_worker_alert_once(
     ]
     for a in got:  # the forecast travels with the alert, and agrees with its flag
         assert a["on_track_to_exceed"] is (Decimal(a["forecast_usd"]) > Decimal(a["budget_usd"]))
+    # Delivery tasks ran in both pool processes, alongside the rollups: each alert POSTed once.
+    wait_for(lambda: {a["webhook_status"] for a in list_alerts(db)} == {"sent"}, 60, what="sent")
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("ai_usage.periodic") == 0, 60, what="deliveries done")
+    client.close()
+    hook.close()
+    verifier = Verifier(SECRET.get_secret_value())
+    posted = sorted(verifier.verify(r.body, r.headers)["threshold_pct"] for r in hook.requests)
+    assert posted == [50, 80]
+    assert len({r.headers["webhook-id"] for r in hook.requests}) == 2
 
 
 def test_html_needs_no_network_and_reports_the_json_numbers(
