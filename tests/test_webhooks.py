@@ -145,6 +145,36 @@ def test_https_to_a_plain_http_receiver_is_a_failed_attempt(
     assert "SSL" in error
 
 
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("http://[::1]/hooks", ("::1", 80)),
+        ("https://[2001:db8::1]/hooks", ("2001:db8::1", 443)),
+        ("http://[::1]:8080/hooks", ("::1", 8080)),
+        ("https://hooks.example.com/x", ("hooks.example.com", 443)),
+    ],
+)
+def test_an_ipv6_literal_without_a_port_goes_to_the_scheme_port(
+    url: str, target: tuple[str, int]
+) -> None:
+    # http.client reads a port from a bare host itself: `::1` was host `:`, port 1.
+    conn = webhooks.connection(url, 1.0)
+    assert (conn.host, conn.port) == target
+
+
+def test_an_ipv6_receiver_gets_the_signed_post(receivers: list[rx.Receiver]) -> None:
+    try:
+        hook = rx.Receiver(rx.status(204), host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    receivers.append(hook)
+    body = b'{"ipv6": true}'
+    headers = webhooks.signed_headers(SECRET, "msg_ipv6", body)
+    assert webhooks.post(hook.url, body, headers, 2.0) == webhooks.Attempt(True, 204, None)
+    [got] = hook.requests
+    assert got.body == body and got.headers["host"] == f"[::1]:{hook.port}"
+
+
 def test_a_dribbler_is_cut_at_the_deadline(db: Engine, receivers: list[rx.Receiver]) -> None:
     hook = receiver(receivers, rx.dribble(every_s=0.5))
     one_alert(db)
