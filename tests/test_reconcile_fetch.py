@@ -106,6 +106,40 @@ def test_openai_pages_and_both_usage_endpoints(fake: FakeProviderApis) -> None:
     assert {line.label for line in report.unattributed} == {"Web search tool calls"}
 
 
+@pytest.mark.parametrize(
+    ("item", "model"),
+    [
+        ("gpt-4o-2024-08-06, input_tokens", "gpt-4o-2024-08-06"),
+        ("gpt-4o-mini-2024-07-18, cached input", "gpt-4o-mini-2024-07-18"),
+        ("GPT-4o, Output", "GPT-4o"),
+        # Real line items, as projects that read them record: a tier before the model,
+        # a modality after it.
+        ("priority | gpt-4o-2024-08-06, output", "gpt-4o-2024-08-06"),
+        ("priority | gpt-4.1-2025-04-14, output, long context", "gpt-4.1-2025-04-14"),
+        ("gpt-4o-audio-preview-2024-12-17 audio, input", "gpt-4o-audio-preview-2024-12-17"),
+        ("gpt-4o-mini-2024-07-18 text, cached input", "gpt-4o-mini-2024-07-18"),
+        ("web search tool calls", None),
+        ("Vector storage", None),
+    ],
+)
+def test_openai_line_items_name_their_model(
+    fake: FakeProviderApis, item: str, model: str | None
+) -> None:
+    fake.openai_costs.append(OpenAICost(FIRST, 0.125, item))
+    with ReportClient(
+        "openai", fake.openai_url, openai_reports.headers(fake.openai_key), deadline_s=30
+    ) as client:
+        report = openai_reports.fetch(client, FIRST, FIRST, Scope())
+    if model is None:
+        assert report.cost_usd == {}
+        assert [(line.label, line.amount_usd) for line in report.unattributed] == [
+            (item, Decimal("0.125"))
+        ]
+    else:
+        assert report.cost_usd == {(FIRST, model): Decimal("0.125")}
+        assert report.unattributed == []
+
+
 def test_429_waits_what_retry_after_says(fake: FakeProviderApis) -> None:
     fake.anthropic_usage.append(AnthropicUsage(FIRST, SONNET, output_tokens=7))
     fake.fail_next("/v1/organizations/usage_report", 429, Retry_After="3")
