@@ -69,6 +69,33 @@ def test_alias_and_dated_id_are_one_model() -> None:
     assert {r.status for r in rows} == {"match"}
 
 
+@pytest.mark.parametrize(
+    ("provider", "ours_name", "their_name"),
+    [
+        ("anthropic", "claude-sonnet-4-0", "claude-sonnet-4-20250514"),
+        ("anthropic", "claude-opus-4-1-20250805", "claude-opus-4-1-20250805"),
+        ("openai", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14"),
+        # Newer than the price data: alias and dated id are still one model.
+        ("anthropic", "claude-nova-7", "claude-nova-7-20270301"),
+        ("openai", "gpt-9-mini-2027-02-01", "gpt-9-mini"),
+    ],
+)
+def test_a_model_is_one_row_whichever_name_each_side_uses(
+    provider: str, ours_name: str, their_name: str
+) -> None:
+    report = ProviderReport()
+    report.add(DAY, their_name, {"input_tokens": 10, "output_tokens": 5, "requests": 1})
+    report.add_cost(DAY, their_name, Decimal(1))
+    rows = judge(
+        provider,
+        {(DAY, ours_name): ours(input_tokens=10, output_tokens=5, requests=1)},
+        report,
+        JUDGING,
+    )
+    assert {r.model for r in rows} == {their_name}
+    assert {r.status for r in rows} == {"match"}
+
+
 def test_cost_alone_differing_is_a_price_mismatch_not_missed_calls() -> None:
     rows = judge(
         "anthropic",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -92,6 +93,12 @@ def provider_model_id(model: str, provider: str) -> str | None:
     return str(info.id)
 
 
+# A snapshot's date at the end of its id: Anthropic's `-20250514`, OpenAI's `-2024-08-06`.
+_DATED = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
 def model_key(model: str, provider: str) -> str:
-    """What both sides are matched on: the price entry, else the lower-case name."""
-    return provider_model_id(model, provider) or model.lower()
+    """What both sides are matched on: the price entry, else the lower-case name without its
+    snapshot date (a model newer than genai-prices' data is still one model whether a row
+    names its alias or the provider reports its dated id)."""
+    return provider_model_id(model, provider) or _DATED.sub("", model.lower())
