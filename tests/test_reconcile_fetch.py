@@ -102,8 +102,9 @@ def test_openai_pages_and_both_usage_endpoints(fake: FakeProviderApis) -> None:
     assert [mini["requests"], mini["input_tokens"], mini["cache_read_tokens"]] == [2, 100, 40]
     assert report.measures[(days[0], "text-embedding-3-small")]["input_tokens"] == 50
     assert len(report.cost_usd) == 33
-    # A line item that names no model is declared, not compared.
-    assert {line.label for line in report.unattributed} == {"Web search tool calls"}
+    # Web searches are billed apart from any model: compared per day, on their own.
+    assert report.unattributed == []
+    assert report.web_search_usd == dict.fromkeys(days, Decimal("0.5"))
 
 
 @pytest.mark.parametrize(
@@ -118,8 +119,8 @@ def test_openai_pages_and_both_usage_endpoints(fake: FakeProviderApis) -> None:
         ("priority | gpt-4.1-2025-04-14, output, long context", "gpt-4.1-2025-04-14"),
         ("gpt-4o-audio-preview-2024-12-17 audio, input", "gpt-4o-audio-preview-2024-12-17"),
         ("gpt-4o-mini-2024-07-18 text, cached input", "gpt-4o-mini-2024-07-18"),
-        ("web search tool calls", None),
         ("Vector storage", None),
+        ("file search tool calls", None),
     ],
 )
 def test_openai_line_items_name_their_model(
@@ -263,6 +264,15 @@ def test_workspace_scope_and_priority_tier(fake: FakeProviderApis) -> None:
         AnthropicCost(
             FIRST, "50", None, cost_type="code_execution", description="Code Execution Usage"
         ),
+        AnthropicCost(FIRST, "2", None, cost_type="web_search", description="Web Search Usage"),
+        AnthropicCost(
+            FIRST,
+            "7",
+            None,
+            cost_type="web_search",
+            description="Web Search Usage",
+            workspace_id="wrkspc_01other",
+        ),
     ]
     with anthropic_client(fake) as client:
         report = anthropic_reports.fetch(
@@ -277,6 +287,8 @@ def test_workspace_scope_and_priority_tier(fake: FakeProviderApis) -> None:
     assert [(line.label, line.amount_usd) for line in report.unattributed] == [
         ("Code Execution Usage", Decimal("0.5"))
     ]
+    # "Web Search Usage" names no model: the day's web searches, of our workspace only.
+    assert report.web_search_usd == {FIRST: Decimal("0.02")}
     # Priority Tier usage is counted; its cost is declared missing from the cost report.
     assert report.cost_gaps == {(FIRST, "claude-opus-4-20250514"): anthropic_reports.PRIORITY_COST}
 

@@ -116,6 +116,40 @@ def test_cost_alone_differing_is_a_price_mismatch_not_missed_calls() -> None:
     )
 
 
+def test_web_searches_are_judged_per_day_not_in_a_models_cost() -> None:
+    # Both reports bill web searches on a line naming no model; our rows hold them in each
+    # call's cost. Tokens cost $0.004 and $0.001, three searches $0.03 across two models.
+    report = ProviderReport()
+    for model, cost in (("gpt-4o-2024-08-06", "0.004"), ("gpt-4.1-2025-04-14", "0.001")):
+        report.add(DAY, model, {"requests": 1, "input_tokens": 10})
+        report.add_cost(DAY, model, Decimal(cost))
+    report.add_web_search(DAY, Decimal("0.03"))
+    mine = {
+        (DAY, "gpt-4o"): Metered(
+            {"requests": Decimal(1), "input_tokens": Decimal(10), "web_searches": Decimal(2)},
+            Decimal("0.024"),
+            web_search_usd=Decimal("0.02"),
+        ),
+        (DAY, "gpt-4.1"): Metered(
+            {"requests": Decimal(1), "input_tokens": Decimal(10), "web_searches": Decimal(1)},
+            Decimal("0.011"),
+            web_search_usd=Decimal("0.01"),
+        ),
+    }
+    rows = judge("openai", mine, report, JUDGING)
+    assert {r.status for r in rows} == {"match"}
+    web = [r for r in rows if r.model == "(web search)"]
+    assert [(r.measure, r.metered, r.reported) for r in web] == [
+        ("cost_usd", Decimal("0.03"), Decimal("0.03"))
+    ]
+    # Searches we did not record: the day's web search row says so, the models' costs match.
+    report.web_search_usd[DAY] = Decimal("0.05")
+    rows = judge("openai", mine, report, JUDGING)
+    assert [(r.model, r.status) for r in rows if r.status != "match"] == [
+        ("(web search)", "under_metered")
+    ]
+
+
 def test_what_a_report_cannot_cover_is_declared() -> None:
     report = theirs(input_tokens=10)
     report.cost_gaps[(DAY, "claude-3-5-haiku-20241022")] = "Priority Tier"

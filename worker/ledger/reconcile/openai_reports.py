@@ -130,7 +130,10 @@ def _costs(
                 usd = amount(what, f"{path}.amount.value", money.get("value", 0))
                 item = text_field(what, path, result, "line_item") or "(no line item)"
                 model = line_item_model(item)
-                if model is None:
+                if item.lower().startswith("web search"):
+                    # "web search tool calls": a line of its own, not in any model's cost.
+                    report.add_web_search(day, usd)
+                elif model is None:
                     report.add_unattributed(day, item, usd, "line item names no known model")
                 else:
                     report.add_cost(day, model, usd)
