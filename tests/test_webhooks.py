@@ -36,7 +36,13 @@ from tests.test_budgets import Sent, spend
 from worker.cli import main as cli
 from worker.client.errors import ConfigError
 from worker.ledger import webhooks
-from worker.ledger.alerts import Webhook, check_budgets, deliver_due, list_alerts
+from worker.ledger.alerts import (
+    Webhook,
+    check_budgets,
+    deliver_due,
+    list_alerts,
+    redeliver_failed,
+)
 from worker.ledger.budgets import set_budget
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
@@ -434,6 +440,40 @@ def test_a_run_takes_up_an_alert_left_sending_by_a_dead_process(
     assert list_alerts(db)[0]["webhook_status"] == "sent"
     check_budgets(db, Sent(), lambda: owed.append(True))
     assert owed == [True]  # nothing owed now: no run scheduled
+
+
+def test_a_long_redelivery_claims_one_alert_at_a_time(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    # `budget redeliver` works through the failed alerts one by one (attempts and backoff
+    # each): one claimed the lot, and those it had not reached yet stayed `sending` past the
+    # stuck limit, where a delivery run took them too (two POSTs at once) and `ai-usage check`
+    # called them stuck. While it POSTs one alert, the others stay `failed`.
+    seen: list[list[str]] = []
+
+    def respond(conn: Any, r: rx.Receiver) -> None:
+        with db.connect() as c:
+            seen.append(
+                sorted(
+                    c.execute(text("SELECT webhook_status FROM ai_usage_budget_alerts")).scalars()
+                )
+            )
+        rx.status(204)(conn, r)
+
+    hook = receiver(receivers, respond)
+    for name in ("a", "b", "c"):
+        tenant = make_tenant(db, name)
+        set_budget(db, tenant, Decimal(1), [50])
+        spend(db, tenant, 0.75)
+    check_budgets(db, Sent(), lambda: None)
+    with db.begin() as conn:
+        conn.execute(text("UPDATE ai_usage_budget_alerts SET webhook_status = 'failed'"))
+    assert redeliver_failed(db, Webhook(hook.url, SECRET)) == (3, 0)
+    assert seen == [
+        ["failed", "failed", "sending"],
+        ["failed", "sending", "sent"],
+        ["sending", "sent", "sent"],
+    ]
 
 
 def doc_examples() -> list[str]:
