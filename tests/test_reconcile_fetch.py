@@ -3,8 +3,13 @@ total deadline, refused keys, null dimensions and the scope filters."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
+import gzip
+import http.server
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -197,6 +202,74 @@ def test_a_slow_page_runs_the_deadline_out(fake: FakeProviderApis) -> None:
         anthropic_reports.fetch(client, FIRST, FIRST + dt.timedelta(days=39), Scope())
     # It gave up at the deadline instead of waiting the page out (generous bound: shared CPUs).
     assert time.monotonic() - started < 2.9
+
+
+@contextlib.contextmanager
+def serving(answer: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A local HTTP server answering every GET with `answer`; yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer(self)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_dribbled_a_byte_at_a_time_is_cut_at_the_deadline() -> None:
+    # Each read returns within the read timeout, so only a deadline over the whole answer
+    # ends it: 30 s of page at one byte every 0.1 s, against a 1.5 s deadline.
+    body = b'{"data": [], "has_more": false, "next_page": null}'.ljust(300)
+    hung_up = threading.Event()
+
+    def dribble(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        try:
+            for i in range(len(body)):
+                h.wfile.write(body[i : i + 1])
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            hung_up.set()
+
+    started = time.monotonic()
+    with (
+        serving(dribble) as url,
+        ReportClient("openai", url, {}, deadline_s=1.5) as client,
+        pytest.raises(DeadlineExceeded, match="1.5s deadline expired while the page"),
+    ):
+        openai_reports.fetch(client, FIRST, FIRST, Scope())
+    assert time.monotonic() - started < 4  # generous: shared CPUs
+    assert hung_up.wait(5)
+
+
+def test_a_compressed_page_is_read() -> None:
+    # The body is read raw against the deadline, then decoded once (gzip, as the APIs send).
+    page = {"data": [], "has_more": False, "next_page": None, "note": "\u00e9" * 500}
+    body = gzip.compress(json.dumps(page).encode())
+
+    def zipped(h: http.server.BaseHTTPRequestHandler) -> None:
+        assert "gzip" in h.headers.get("Accept-Encoding", "")
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    with serving(zipped) as url, ReportClient("anthropic", url, {}, deadline_s=5) as client:
+        assert client.get(anthropic_reports.USAGE_PATH, []) == page
 
 
 def test_server_errors_until_the_deadline(fake: FakeProviderApis) -> None:
