@@ -33,15 +33,19 @@ needs_chromium = pytest.mark.skipif(
 )
 CHARTS = ("chart-tenants", "chart-daily", "chart-budgets")
 # Appended to a copy of a page (its Content-Security-Policy removed, so that this one script
-# runs): it records, on <body>, each chart's marks that have a laid-out box, the chart's own
+# runs): it records, on <body>, each chart's marks laid out inside the chart, the chart's own
 # width, and the document's title (which a smuggled script would change).
 MEASURE = """<script>
 (function () {
   var out = {title: document.title, charts: {}};
   document.querySelectorAll('figure.chart').forEach(function (fig) {
     var svg = fig.querySelector('svg');
+    var box = svg ? svg.getBoundingClientRect() : null;
     var marks = Array.prototype.filter.call(fig.querySelectorAll('rect.mark'), function (r) {
-      var b = r.getBoundingClientRect(); return b.width > 0 && b.height > 0;
+      // Laid out inside its chart; a bar of 0 is a line of height without width.
+      var b = r.getBoundingClientRect();
+      return box && (b.width > 0 || b.height > 0) && b.left >= box.left - 1 &&
+        b.right <= box.right + 1 && b.top >= box.top - 1 && b.bottom <= box.bottom + 1;
     });
     out.charts[fig.id] = {drawn: marks.length,
                           width: svg ? Math.round(svg.getBoundingClientRect().width) : 0};
