@@ -155,7 +155,8 @@ def _page_data(**kwargs: object) -> PageData:
 
 
 def test_the_reconciliation_section_says_when_none_has_run() -> None:
-    for rows in (None, []):
+    nothing: tuple[list[dict[str, object]] | None, ...] = (None, [])
+    for rows in nothing:
         page = render_page(_page_data(), rows)
         assert 'id="reconciliation-none"' in page and "No reconciliation run yet" in page
         assert 'id="reconciliation-table"' not in page
