@@ -20,7 +20,7 @@ from worker.ledger.htmlreport import PageData
 from worker.ledger.svgchart import PALETTE_SIZE, Bar, full_text, hbars, label_text, stacked_columns
 
 #: Columns a tenant's name is cut to in the page's table (the hover text holds it whole).
-NAME_COLUMNS = 32
+NAME_COLUMNS = 24
 #: Rows of the "metered vs provider" table at most (those that differ first); the rest are
 #: counted under it.
 MAX_RECONCILIATION_ROWS = 500
@@ -94,7 +94,8 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .unpriced { background: var(--warn-bg); color: var(--warn-fg); border-color: var(--warn-fg); }
 .chart { border: 1px solid var(--line); border-radius: 8px; margin: 0; padding: 8px; }
 .chart-svg { display: block; font: 12px system-ui, sans-serif; }
-.chart-svg text { fill: var(--fg); } .chart-svg .tick, .chart-svg .axis { fill: var(--muted); }
+.chart-svg text { fill: var(--fg); }
+.chart-svg .tick, .chart-svg .axis, .chart-svg .tag { fill: var(--muted); }
 .chart-svg .grid { stroke: var(--line); } .chart-svg .reference { stroke: var(--over);
   stroke-dasharray: 4 3; stroke-width: 1.5; }
 .name { unicode-bidi: isolate; }
@@ -105,9 +106,9 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
           border-radius: 2px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid var(--line); padding: 6px 8px; text-align: right; }
-th:first-child, td:first-child, td.text { text-align: left; }
-td.text, td:first-child { max-width: 28em; overflow: hidden; text-overflow: ellipsis;
-                          white-space: nowrap; }
+th:first-child, td:first-child, td.text { text-align: left; white-space: nowrap; }
+td.text { max-width: 20em; overflow: hidden; text-overflow: ellipsis; }
+.scroll { overflow-x: auto; }
 td.differs { color: var(--over); font-weight: 600; }
 """.replace("LIGHT", " ".join(f"--c{i}: {c};" for i, c in enumerate(_LIGHT))).replace(
         "DARK", " ".join(f"--c{i}: {c};" for i, c in enumerate(_DARK))
@@ -197,7 +198,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
         + "</tr>"
         for r in rows
     )
-    return f'<table id="report-table"><tr>{head}</tr>{body}</table>'
+    return f'<div class="scroll"><table id="report-table"><tr>{head}</tr>{body}</table></div>'
 
 
 def _number(value: object) -> Decimal | None:
@@ -243,8 +244,8 @@ def _reconciliation(
     if len(rows) > len(shown):
         note += f" The first {len(shown)} are shown, those that differ first."
     return (
-        f'<p class="muted">{note}</p><table id="reconciliation-table"><tr>{head}</tr>'
-        f"{''.join(body)}</table>"
+        f'<p class="muted">{note}</p><div class="scroll"><table id="reconciliation-table">'
+        f"<tr>{head}</tr>{''.join(body)}</table></div>"
     ), shown
 
 

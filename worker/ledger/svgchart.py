@@ -26,6 +26,8 @@ LABEL_COLUMNS = 24
 _WIDTH = 1000
 _ROW = 24
 _LABEL_SPACE = 250
+#: Where the names' room ends (the tag, an id's first 8 characters, takes the rest).
+_NAME_RIGHT = _LABEL_SPACE - 70
 _VALUE_SPACE = 150
 
 
@@ -91,18 +93,28 @@ def hbars(bars: Sequence[Bar], *, axis: str, reference: float | None = None) -> 
             f'<text class="tick" x="{x:.1f}" y="{height - 22}" text-anchor="middle">'
             f"{_tick(i * step)}</text>"
         )
+    # The names in a nested <svg> of their own: it clips a name wider than its room (the cut
+    # is by columns, not pixels), and a name in its own element, apart from the tag, cannot
+    # reorder the tag whatever its direction.
+    names = [f'<svg class="names" x="0" y="0" width="{_NAME_RIGHT}" height="{height}">']
     for i, bar in enumerate(bars):
         y = 6 + i * _ROW
         w = max(bar.value, 0) * scale
+        hover = f"{full_text(bar.name)} {_e(bar.tag)}: {_e(bar.exact or bar.figure)}"
+        names.append(
+            f'<text class="label" x="{_NAME_RIGHT - 2}" y="{y + 13}" text-anchor="end">'
+            f'<title>{hover}</title><tspan class="name">{label_text(bar.name)}</tspan></text>'
+        )
         out.append(
-            f"<g><title>{full_text(bar.name)} {_e(bar.tag)}: {_e(bar.exact or bar.figure)}</title>"
+            f"<g><title>{hover}</title>"
             f'<rect class="mark {bar.tone}" x="{_LABEL_SPACE}" y="{y}" width="{w:.1f}"'
             f' height="{_ROW - 6}"/>'
-            f'<text class="label" x="{_LABEL_SPACE - 8}" y="{y + 13}" text-anchor="end">'
-            f'<tspan class="name">{label_text(bar.name)}</tspan> {_e(bar.tag)}</text>'
+            f'<text class="tag" x="{_LABEL_SPACE - 8}" y="{y + 13}" text-anchor="end">'
+            f"{_e(bar.tag)}</text>"
             f'<text class="figure" x="{_LABEL_SPACE + w + 6:.1f}" y="{y + 13}">'
             f"{_e(bar.figure)}</text></g>"
         )
+    out.append("".join(names) + "</svg>")
     if reference is not None:
         x = _LABEL_SPACE + reference * scale
         out.append(f'<line class="reference" x1="{x:.1f}" x2="{x:.1f}" y1="2" y2="{height - 36}"/>')
