@@ -83,6 +83,8 @@ def _tokens(text: str) -> Iterator[tuple[str, int]]:
 
 def display_width(text: str) -> int:
     """Columns `visible(text)` takes in a terminal."""
+    if text.isascii() and text.isprintable():
+        return len(text)  # the common case (figures, ids, plain names): one column each
     from wcwidth import width
 
     return int(width(visible(text)))
