@@ -1,12 +1,12 @@
 """Budgets and alerts on real PostgreSQL and Redis: one alert per tenant, month and threshold
-whoever checks and however often, through a real worker too; the signed, retried webhook; the
-CLI; a reprice that raises or lowers the cost."""
+whoever checks and however often, through a real worker too; the webhook's retries, failures,
+redelivery and `ai-usage check` warnings (hostile receivers: test_webhooks.py); the CLI; a
+reprice that raises or lowers the cost."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.server
 import json
 import threading
 import uuid
@@ -18,14 +18,22 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from pydantic import SecretStr
 from sqlalchemy import Engine, text
+from standardwebhooks import Webhook as Verifier
 
+from tests import webhook_receivers as rx
 from tests.conftest import WorkerProcess, landed, make_tenant, wait_for
 from tests.factories import event
 from worker.cli import main as cli
 from worker.health.ledger import check_ledger
-from worker.ledger import webhooks
-from worker.ledger.alerts import Webhook, check_budgets, list_alerts, redeliver_failed
+from worker.ledger.alerts import (
+    Webhook,
+    check_budgets,
+    deliver_due,
+    list_alerts,
+    redeliver_failed,
+)
 from worker.ledger.budgets import forecast, set_budget, standings
 from worker.ledger.ingest import write_batch
 from worker.ledger.months import month_start
@@ -34,7 +42,7 @@ from worker.ledger.rollups import run_rollup
 from worker.settings import get_settings, load_settings
 
 NOW = dt.datetime.now(dt.UTC)
-SECRET = "s3cret-for-tests"
+SECRET = SecretStr("whsec_" + base64.b64encode(b"test-secret-of-32-bytes-long-ok!").decode())
 
 
 def spend(engine: Engine, tenant: uuid.UUID, *costs: float) -> None:
@@ -123,63 +131,28 @@ def test_forecast_is_the_linear_run_rate_of_the_month() -> None:
     assert forecast(Decimal(10), month, dt.datetime(2026, 12, 5, tzinfo=dt.UTC)) == Decimal(10)
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
-    """A receiver that fails `fail` times, then answers 204; records what it got."""
-
-    received: list[tuple[bytes, str]]
-    fail: int
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((body, self.headers.get(webhooks.SIGNATURE_HEADER, "")))
-        if type(self).fail > 0:
-            type(self).fail -= 1
-            self.send_response(503)
-        else:
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def hook() -> Iterator[tuple[str, type[Hook]]]:
-    handler = type("H", (Hook,), {"received": [], "fail": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", handler
-    server.shutdown()
-    server.server_close()
+def failing_hook() -> Iterator[rx.Receiver]:
+    """A receiver that answers 503 until it is mended (`respond` replaced)."""
+    receiver = rx.Receiver(rx.status(503))
+    yield receiver
+    receiver.close()
 
 
-def test_the_webhook_gets_a_signed_post_after_retries(db: Engine, hook: Any) -> None:
-    url, handler = hook
-    handler.fail = 2
+def test_a_failing_webhook_is_retried_then_recorded_failed(
+    db: Engine, failing_hook: rx.Receiver
+) -> None:
     tenant = make_tenant(db)
     set_budget(db, tenant, Decimal(1), [50])
     spend(db, tenant, 0.9)
-    waits: list[float] = []
-    check_budgets(db, Sent(), Webhook(url, SECRET, attempts=4, sleep=waits.append))
-    assert waits == [0.5, 1.0]  # backoff between the three attempts
-    body, signature = handler.received[-1]
-    assert webhooks.verify(SECRET, body, signature)
-    assert not webhooks.verify("another secret", body, signature)
-    sent = json.loads(body)
-    assert (sent["tenant_id"], sent["threshold_pct"], sent["cost_usd"]) == (str(tenant), 50, "0.9")
-    [alert] = list_alerts(db)
-    assert (alert["webhook_status"], alert["webhook_attempts"]) == ("sent", 3)
-
-
-def test_a_failing_webhook_is_retried_then_recorded_failed(db: Engine, hook: Any) -> None:
-    url, handler = hook
-    handler.fail = 100
-    tenant = make_tenant(db)
-    set_budget(db, tenant, Decimal(1), [50])
-    spend(db, tenant, 0.9)
-    check_budgets(db, Sent(), Webhook(url, SECRET, attempts=3, sleep=lambda s: None))
-    assert len(handler.received) == 3
+    scheduled: list[bool] = []
+    check_budgets(db, Sent(), lambda: scheduled.append(True))
+    assert scheduled == [True]  # the delivery is the task's, not the check's
+    assert failing_hook.requests == []
+    webhook = Webhook(failing_hook.url, SECRET, attempts=3, timeout_s=5)
+    while (run := deliver_due(db, webhook)).next_in_s is not None:
+        threading.Event().wait(run.next_in_s)
+    assert len(failing_hook.requests) == 3
     [alert] = list_alerts(db)
     assert (alert["webhook_status"], alert["webhook_attempts"]) == ("failed", 3)
     assert alert["webhook_error"] == "HTTP 503"
@@ -187,15 +160,18 @@ def test_a_failing_webhook_is_retried_then_recorded_failed(db: Engine, hook: Any
 
 
 def test_a_failed_webhook_shows_in_check_until_redelivered(
-    db: Engine, hook: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    db: Engine,
+    failing_hook: rx.Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url, handler = hook
-    handler.fail = 100
+    url = failing_hook.url
     tenants = [make_tenant(db, "a"), make_tenant(db, "b")]
     for t in tenants:
         set_budget(db, t, Decimal(1), [50])
         spend(db, t, 0.9)
-    check_budgets(db, Sent(), Webhook(url, SECRET, attempts=2, sleep=lambda s: None))
+    check_budgets(db, Sent(), lambda: None)
+    deliver_due(db, Webhook(url, SECRET, attempts=1))
     settings = load_settings()
 
     def webhook_check() -> list[str]:
@@ -209,15 +185,15 @@ def test_a_failed_webhook_shows_in_check_until_redelivered(
     assert cli(["budget", "redeliver"]) == 2  # no webhook is configured in this process
     assert "AI_USAGE_ALERT_WEBHOOK_URL" in capsys.readouterr().err
     monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_URL", url)
-    monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_SECRET", SECRET.get_secret_value())
     monkeypatch.setenv("AI_USAGE_ALERT_WEBHOOK_ATTEMPTS", "1")
     get_settings.cache_clear()
     try:
-        posts = len(handler.received)
+        posts = len(failing_hook.requests)
         assert cli(["budget", "redeliver", "--tenant", str(tenants[0])]) == 1  # still broken
         assert "1 failed deliveries tried again: 0 delivered, 1 failed" in capsys.readouterr().out
-        assert len(handler.received) == posts + 1  # one tenant's alert, one attempt
-        handler.fail = 0  # the receiver is mended
+        assert len(failing_hook.requests) == posts + 1  # one tenant's alert, one attempt
+        failing_hook.respond = rx.status(204)  # the receiver is mended
         assert cli(["budget", "redeliver"]) == 0
         assert "2 failed deliveries tried again: 2 delivered, 0 failed" in capsys.readouterr().out
     finally:
@@ -226,11 +202,44 @@ def test_a_failed_webhook_shows_in_check_until_redelivered(
     assert [
         (by_tenant[str(t)]["webhook_status"], by_tenant[str(t)]["webhook_attempts"])
         for t in tenants
-    ] == [("sent", 4), ("sent", 3)]
-    for body, signature in handler.received[-2:]:
-        assert webhooks.verify(SECRET, body, signature)
+    ] == [("sent", 3), ("sent", 2)]
+    verifier = Verifier(SECRET.get_secret_value())
+    ids: dict[int, set[str]] = {}
+    for got in failing_hook.requests:  # a redelivery keeps the alert's id, signed afresh
+        alert_id = verifier.verify(got.body, got.headers)["alert_id"]
+        ids.setdefault(alert_id, set()).add(got.headers["webhook-id"])
+    assert sorted(len(v) for v in ids.values()) == [1, 1] and len(ids) == 2
     assert webhook_check() == []
     assert redeliver_failed(db, Webhook(url, SECRET)) == (0, 0)  # nothing left to redeliver
+
+
+def test_check_warns_of_deliveries_stuck_sending_or_overdue(db: Engine) -> None:
+    tenants = [make_tenant(db, "a"), make_tenant(db, "b"), make_tenant(db, "c")]
+    for t in tenants:
+        set_budget(db, t, Decimal(1), [50])
+        spend(db, t, 0.9)
+    check_budgets(db, Sent(), lambda: None)
+    settings = load_settings()
+
+    def webhook_check() -> list[str]:
+        return [c.line() for c in check_ledger(db, settings) if c.name == "alert_webhook"]
+
+    assert webhook_check() == []  # pending, and due just now: a run is on its way
+    with db.begin() as conn:
+        conn.execute(  # one claimed by a process that died, one no run came for
+            text(
+                "UPDATE ai_usage_budget_alerts SET webhook_at = now() - interval '11 minutes',"
+                " webhook_status = CASE WHEN tenant_id = :a THEN 'sending' ELSE 'pending' END"
+                " WHERE tenant_id IN (:a, :b)"
+            ),
+            {"a": tenants[0], "b": tenants[1]},
+        )
+    assert webhook_check() == [
+        "WARN alert_webhook  1 budget alerts stuck `sending` for over 10 min (the process"
+        " delivering them died; the next delivery run takes them up again)",
+        "WARN alert_webhook  1 budget alerts due for delivery for over 10 min: is a worker"
+        " reading AI_USAGE_ALERT_DELIVERY_QUEUE, with AI_USAGE_ALERT_WEBHOOK_URL set?",
+    ]
 
 
 def test_budget_cli(db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,7 +296,13 @@ def test_thresholds_crossed_through_a_real_worker_alert_once(
 ) -> None:
     tenant, unbudgeted = make_tenant(db, "a"), make_tenant(db, "b")
     set_budget(db, tenant, Decimal("1.00"), [50, 80])
-    start_worker(env={"AI_USAGE_ALERT_QUEUE": "test.alerts"}, args=["--concurrency", "2"])
+    hook = rx.Receiver(rx.status(204))
+    env = {
+        "AI_USAGE_ALERT_QUEUE": "test.alerts",
+        "AI_USAGE_ALERT_WEBHOOK_URL": hook.url,
+        "AI_USAGE_ALERT_WEBHOOK_SECRET": SECRET.get_secret_value(),
+    }
+    start_worker(env=env, args=["--concurrency", "2"])
     producer = Celery("app", broker=redis_url, set_as_current=False)
     events = [event(tenant, cost_usd=0.1) for _ in range(6)]
     events += [event(unbudgeted, cost_usd=5.0) for _ in range(3)]
@@ -314,6 +329,16 @@ def test_thresholds_crossed_through_a_real_worker_alert_once(
     ]
     for a in got:  # the forecast travels with the alert, and agrees with its flag
         assert a["on_track_to_exceed"] is (Decimal(a["forecast_usd"]) > Decimal(a["budget_usd"]))
+    # Delivery tasks ran in both pool processes, alongside the rollups: each alert POSTed once.
+    wait_for(lambda: {a["webhook_status"] for a in list_alerts(db)} == {"sent"}, 60, what="sent")
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("ai_usage.periodic") == 0, 60, what="deliveries done")
+    client.close()
+    hook.close()
+    verifier = Verifier(SECRET.get_secret_value())
+    posted = sorted(verifier.verify(r.body, r.headers)["threshold_pct"] for r in hook.requests)
+    assert posted == [50, 80]
+    assert len({r.headers["webhook-id"] for r in hook.requests}) == 2
 
 
 def test_html_needs_no_network_and_reports_the_json_numbers(

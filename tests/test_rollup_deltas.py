@@ -22,8 +22,9 @@ from worker.ledger import rollups
 from worker.ledger.ingest import write_batch
 from worker.ledger.months import add_months, month_start
 from worker.ledger.pricing import Pricer, load_overrides
+from worker.ledger.reprice import reprice
 from worker.ledger.retention import prune
-from worker.ledger.rollups import ClosedMonthError, reprice, run_rollup
+from worker.ledger.rollups import ClosedMonthError, run_rollup
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)

@@ -21,7 +21,8 @@ from tests.factories import event
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer, load_overrides
 from worker.ledger.report import load_report, render
-from worker.ledger.rollups import month_bounds, reprice, run_rollup
+from worker.ledger.reprice import reprice
+from worker.ledger.rollups import month_bounds, run_rollup
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)

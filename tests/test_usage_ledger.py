@@ -20,7 +20,8 @@ from tests.conftest import count_rows, make_tenant
 from tests.factories import event as factory
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
-from worker.ledger.rollups import reprice, run_rollup
+from worker.ledger.reprice import reprice
+from worker.ledger.rollups import run_rollup
 
 WHEN = "2026-11-20T10:00:00Z"
 AT = dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)

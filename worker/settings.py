@@ -5,11 +5,12 @@ Nothing here connects to anything. Every setting is listed in `.env.example`.
 
 from __future__ import annotations
 
+import base64
 import functools
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.client.envelope import QUEUE
@@ -92,13 +93,32 @@ class Settings(BaseSettings):
     alert_queue: str = Field(
         "ai_usage.alerts", min_length=1, validation_alias="AI_USAGE_ALERT_QUEUE"
     )
-    #: Optional webhook POSTed each alert (JSON), signed with AI_USAGE_ALERT_WEBHOOK_SECRET.
+    #: Optional webhook POSTed each alert (JSON), signed per the Standard Webhooks
+    #: specification with AI_USAGE_ALERT_WEBHOOK_SECRET. Only http:// and https:// URLs,
+    #: without a user name or password (checked here, when the settings load).
     alert_webhook_url: str | None = Field(None, validation_alias="AI_USAGE_ALERT_WEBHOOK_URL")
-    alert_webhook_secret: str | None = Field(None, validation_alias="AI_USAGE_ALERT_WEBHOOK_SECRET")
+    #: The signing secret, `whsec_` + base64 of at least 24 random bytes (the specification's
+    #: format). A SecretStr: its repr (and the Settings repr) never shows it.
+    alert_webhook_secret: SecretStr | None = Field(
+        None, validation_alias="AI_USAGE_ALERT_WEBHOOK_SECRET"
+    )
     #: Attempts per webhook delivery (backoff 0.5 s, doubling, at most 8 s) before it is
     #: recorded as failed.
     alert_webhook_attempts: int = Field(
         4, ge=1, le=20, validation_alias="AI_USAGE_ALERT_WEBHOOK_ATTEMPTS"
+    )
+    #: Seconds one attempt may take in all (connect, send, the answer's status and headers),
+    #: however the receiver dribbles; kept well under the 10 minutes after which a delivery
+    #: left `sending` is taken up again.
+    alert_webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, validation_alias="AI_USAGE_ALERT_WEBHOOK_TIMEOUT_S"
+    )
+    #: The queue of the webhook delivery task `ai_usage.deliver_alerts` (read by this app's
+    #: workers, unlike AI_USAGE_ALERT_QUEUE). The default is the periodic queue the worker
+    #: reads; a queue of its own, with a worker of its own (`-Q`), keeps deliveries off the
+    #: rollups' worker process entirely.
+    alert_delivery_queue: str = Field(
+        PERIODIC_QUEUE, min_length=1, validation_alias="AI_USAGE_ALERT_DELIVERY_QUEUE"
     )
     #: JSON file of operator price overrides (see README, Pricing). Empty: none.
     price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
@@ -125,6 +145,42 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `AI_USAGE_RETENTION_MONTHS=` (as in .env.example) means: no retention.
         return None if value == "" else value
+
+    @field_validator("alert_webhook_url", "alert_webhook_secret", mode="before")
+    @classmethod
+    def _empty_webhook_is_unset(cls, value: object) -> object:
+        # `AI_USAGE_ALERT_WEBHOOK_URL=` (as in .env.example) means: no webhook.
+        return None if value == "" else value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else webhook_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else webhook_secret_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Settings:
+        if self.alert_webhook_url and self.alert_webhook_secret is None:
+            raise ValueError(
+                "AI_USAGE_ALERT_WEBHOOK_SECRET: is required when AI_USAGE_ALERT_WEBHOOK_URL is"
+                " set (every delivery is signed)"
+            )
+        if self.alert_delivery_queue == self.alert_queue:
+            raise ValueError(
+                "AI_USAGE_ALERT_DELIVERY_QUEUE: must differ from AI_USAGE_ALERT_QUEUE (the"
+                " application consumes that one; this app's workers read the delivery queue)"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -176,7 +232,9 @@ _ALIASES = {
 
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
-    loc = str(first["loc"][0]) if first["loc"] else "?"
+    if not first["loc"]:  # a check across settings: its message names the variable
+        return str(first["msg"]).removeprefix("Value error, ")
+    loc = str(first["loc"][0])
     variable = _ALIASES.get(loc, loc.upper())
     return f"{variable}: {first['msg']}"
 
@@ -193,6 +251,54 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, built on first use."""
     return load_settings()
+
+
+#: The Standard Webhooks specification's secret: `whsec_` then base64, of 24 to 64 bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+WEBHOOK_SECRET_MIN_BYTES = 24
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook URL, in words that never repeat it (it may hold a
+    password), or None. Only http:// and https:// with a host; no user name or password,
+    which would be sent as a header and end up in logs; no space or control character."""
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        return "must not contain spaces or control characters"
+    if not url.isascii():
+        return "must be ASCII (an international domain name in its xn-- form, a path %-encoded)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "is not a valid URL (its host or port cannot be read)"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = scheme if scheme.isalnum() and len(scheme) <= 10 else "?"
+        return f"expected an https:// or http:// URL, got scheme {shown!r}"
+    if "@" in parts.netloc:
+        return "must not hold a user name or password (put credentials in the secret, not the URL)"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign webhooks (never repeating it), or None."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return (
+            f"expected {WEBHOOK_SECRET_PREFIX}<base64> (the Standard Webhooks format); make one"
+            " with `ai-usage budget new-secret`"
+        )
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except ValueError:
+        return f"is not valid base64 after {WEBHOOK_SECRET_PREFIX}"
+    if len(key) < WEBHOOK_SECRET_MIN_BYTES:
+        return (
+            f"is {len(key)} bytes, fewer than {WEBHOOK_SECRET_MIN_BYTES}: make a new one with"
+            " `ai-usage budget new-secret`"
+        )
+    return None
 
 
 def redact_url(url: str) -> str:

@@ -1,5 +1,6 @@
-"""`ai-usage budget set|list|alerts|redeliver`: monthly budgets per tenant, the alerts they
-raised, and another delivery of the alerts whose webhook failed."""
+"""`ai-usage budget set|list|alerts|redeliver|new-secret`: monthly budgets per tenant, the
+alerts they raised, another delivery of the alerts whose webhook failed, and a webhook secret;
+and the alerts `ai-usage rollup` raises."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 
 from worker.cli.common import (
     EXIT_OK,
+    EXIT_USAGE,
     CommandError,
+    Unreachable,
     UsageError,
     database,
+    first_line,
     require_tenant,
     say,
     tenant_id,
@@ -64,6 +68,9 @@ def register(sub: Any) -> None:
     )
     rd.add_argument("--tenant", type=tenant_id, help="only this tenant id")
     rd.set_defaults(handler=redeliver_command)
+    bs.add_parser(
+        "new-secret", help="print a new AI_USAGE_ALERT_WEBHOOK_SECRET (whsec_ + 32 random bytes)"
+    ).set_defaults(handler=new_secret_command)
 
 
 def set_command(args: argparse.Namespace) -> int:
@@ -164,6 +171,44 @@ def redeliver_command(args: argparse.Namespace) -> int:
     if failed:
         raise CommandError("see `ai-usage budget alerts` for each error")
     return EXIT_OK
+
+
+def new_secret_command(args: argparse.Namespace) -> int:
+    """A fresh signing secret in the Standard Webhooks format, for the sender and receiver."""
+    import base64
+    import secrets
+
+    from worker.settings import WEBHOOK_SECRET_PREFIX
+
+    say(WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode())
+    return EXIT_OK
+
+
+def raise_rollup_alerts(engine: Any) -> None:
+    """After `ai-usage rollup`: raise the budget alerts the rollup made due, as the Beat task
+    does (the same insert decides, so each alert is raised once whoever rolls up)."""
+    from kombu.exceptions import OperationalError
+
+    from worker.client.errors import ConfigError
+    from worker.consumer.tasks import raise_alerts
+    from worker.logs import redact
+
+    try:
+        raised = raise_alerts(engine)
+    except OperationalError as exc:  # nothing was kept: the next rollup raises them
+        raise Unreachable(
+            f"broker unreachable, budget alerts not raised (the rollup is done; the next one"
+            f" raises them): {redact(first_line(exc))}"
+        ) from None
+    except ConfigError as exc:  # the alerts go to the broker: a cron job may not name one
+        raise CommandError(
+            f"budget alerts not raised (the rollup is done): {exc}", EXIT_USAGE
+        ) from None
+    for alert in raised:
+        say(
+            f"budget alert: tenant {alert['tenant_id']} at {alert['threshold_pct']}% of"
+            f" {alert['budget_usd']} USD for {alert['month']} (cost {alert['cost_usd']} USD)"
+        )
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]], title: str) -> str:

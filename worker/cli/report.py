@@ -61,7 +61,11 @@ def register(sub: Any) -> None:
     r.add_argument("--html", metavar="FILE", help="write a self-contained HTML report there")
     r.set_defaults(handler=report)
 
-    ru = sub.add_parser("rollup", help="fold changes into the rollups now, or recompute a month")
+    ru = sub.add_parser(
+        "rollup",
+        help="fold changes into the rollups now, or recompute a month; then raise the budget"
+        " alerts made due, as Beat's rollup does",
+    )
     ru.add_argument("--month", type=month, help="YYYY-MM: recompute it from the log")
     ru.set_defaults(handler=rollup)
 
@@ -133,10 +137,12 @@ def html_report(engine: Any, args: argparse.Namespace) -> int:
 
 
 def rollup(args: argparse.Namespace) -> int:
+    from worker.cli.budget import raise_rollup_alerts
     from worker.ledger.rollups import ClosedMonthError, run_rollup
 
+    engine = database()
     try:
-        result = run_rollup(database(), [args.month] if args.month else None, wait=True)
+        result = run_rollup(engine, [args.month] if args.month else None, wait=True)
     except ClosedMonthError as exc:
         raise UsageError(str(exc)) from None
     months = ", ".join(m.strftime("%Y-%m") for m in result.months) or "nothing new"
@@ -144,12 +150,13 @@ def rollup(args: argparse.Namespace) -> int:
         f"rolled up {months}: {result.buckets} daily buckets folded, {result.rows_written}"
         f" monthly rows written, {result.rows_deleted} emptied in {result.seconds:.2f}s"
     )
+    raise_rollup_alerts(engine)
     return EXIT_OK
 
 
 def reprice(args: argparse.Namespace) -> int:
     from worker.ledger.pricing import default_pricer
-    from worker.ledger.rollups import reprice as reprice_rows
+    from worker.ledger.reprice import reprice as reprice_rows
 
     rp = reprice_rows(database(), default_pricer(), args.month)
     say(f"priced {rp.priced} rows; {rp.still_unpriced} rows still have no known price")

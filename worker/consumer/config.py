@@ -47,6 +47,11 @@ task_queues = (Queue(PERIODIC_QUEUE, routing_key=PERIODIC_QUEUE),)
 task_routes = {
     "ai_usage.record": {"queue": QUEUE, "routing_key": QUEUE},
     "ai_usage.record_batch": {"queue": QUEUE, "routing_key": QUEUE},
+    # The alert webhook's deliveries: the periodic queue unless a queue of their own is set.
+    "ai_usage.deliver_alerts": {
+        "queue": _s.alert_delivery_queue,
+        "routing_key": _s.alert_delivery_queue,
+    },
     "ai_usage.*": {"queue": PERIODIC_QUEUE, "routing_key": PERIODIC_QUEUE},
 }
 

@@ -7,7 +7,7 @@ the contract's task names; on a worker, their messages are read by the ingest st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.client.envelope import RECORD, RECORD_BATCH
 from worker.consumer.app import app
@@ -16,6 +16,12 @@ from worker.ledger.db import get_engine
 from worker.ledger.ingest import WriteResult, write_batch
 from worker.ledger.pricing import default_pricer
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+#: The webhook delivery task (worker.ledger.alerts.deliver_due).
+DELIVER_ALERTS = "ai_usage.deliver_alerts"
 
 
 def _write(payloads: list[Any]) -> WriteResult:
@@ -38,13 +44,22 @@ def record_batch(events: list[Any]) -> dict[str, int]:
 def rollup_monthly() -> dict[str, Any]:
     """Fold the log's changes into the daily and monthly rollups (Beat, every 5 min), then
     raise the budget alerts they make due (so an alert is at most one interval late)."""
-    from worker.ledger.alerts import check_budgets
     from worker.ledger.rollups import run_rollup
 
     engine = get_engine()
     result = run_rollup(engine).as_dict()
-    result["alerts"] = len(check_budgets(engine, send_alert, alert_webhook()))
+    result["alerts"] = len(raise_alerts(engine))
     return result
+
+
+def raise_alerts(engine: Engine) -> list[dict[str, Any]]:
+    """Raise the budget alerts due after a rollup: the Beat task's and `ai-usage rollup`'s
+    one way, so that both keep the one-alert-per-threshold guarantee. The webhook is left to
+    the delivery task."""
+    from worker.ledger.alerts import check_budgets
+
+    configured = get_settings().alert_webhook_url is not None
+    return check_budgets(engine, send_alert, schedule_delivery if configured else None)
 
 
 def send_alert(body: dict[str, Any]) -> None:
@@ -54,11 +69,38 @@ def send_alert(body: dict[str, Any]) -> None:
     app.send_task("ai_usage.budget_alert", kwargs=body, queue=queue, routing_key=queue)
 
 
+@app.task(name=DELIVER_ALERTS, acks_late=True)
+def deliver_alerts() -> dict[str, Any]:
+    """One delivery run of the alert webhook (worker.ledger.alerts.deliver_due); sends itself
+    again for when the next pending alert is due (a retry's backoff)."""
+    from worker.ledger.alerts import deliver_due
+
+    webhook = alert_webhook()
+    if webhook is None:  # unset since: pending alerts wait, and `ai-usage check` says so
+        return {"delivered": 0, "retrying": 0, "failed": 0, "next_in_s": None}
+    run = deliver_due(get_engine(), webhook)
+    if run.next_in_s is not None:
+        schedule_delivery(run.next_in_s)
+    return run.as_dict()
+
+
+def schedule_delivery(countdown: float = 0.0) -> None:
+    """Send the delivery task to AI_USAGE_ALERT_DELIVERY_QUEUE, to run in `countdown` s."""
+    queue = get_settings().alert_delivery_queue
+    deliver_alerts.apply_async(countdown=countdown or None, queue=queue, routing_key=queue)
+
+
 def alert_webhook() -> Webhook | None:
+    """The webhook of the settings, or None if AI_USAGE_ALERT_WEBHOOK_URL is unset."""
     s = get_settings()
-    if not s.alert_webhook_url:
+    if s.alert_webhook_url is None or s.alert_webhook_secret is None:
         return None
-    return Webhook(s.alert_webhook_url, s.alert_webhook_secret, s.alert_webhook_attempts)
+    return Webhook(
+        s.alert_webhook_url,
+        s.alert_webhook_secret,
+        s.alert_webhook_attempts,
+        s.alert_webhook_timeout_s,
+    )
 
 
 @app.task(name="ai_usage.prune", acks_late=True)

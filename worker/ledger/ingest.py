@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from worker import metrics
 from worker.client.errors import TransientError
-from worker.ledger.deadletters import store_dead_letters
+from worker.ledger.deadstore import store_dead_letters
 from worker.ledger.months import month_start
 from worker.ledger.pricing import Pricer
 from worker.ledger.rows import (

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from worker.ledger.months import month_bounds, month_start
 from worker.ledger.pricing import Pricer, PricingError, Usage
+from worker.ledger.rollups import run_rollup
 
 _SELECT = (
     "SELECT id, model, provider, input_tokens, output_tokens, cache_read_tokens,"
@@ -38,8 +39,6 @@ def reprice(
 ) -> RepriceResult:
     """Price rows whose cost_usd is NULL at their own created_at, where a price now exists.
     Rows that already have a cost are never touched. Then folds the change into the rollups."""
-    from worker.ledger.rollups import run_rollup
-
     params: dict[str, Any] = {"chunk": chunk, "after": uuid.UUID(int=0)}
     month_sql = ""
     if month is not None:

@@ -31,18 +31,15 @@ from sqlalchemy import Connection, Engine, text
 from worker import metrics
 from worker.ledger import rollup_sql as sql
 from worker.ledger.months import month_bounds, month_start, next_month, parse_month
-from worker.ledger.reprice import RepriceResult, reprice
 
 __all__ = [
     "ROLLUP_LOCK_KEY",
     "ClosedMonthError",
-    "RepriceResult",
     "RollupResult",
     "closed_months",
     "month_bounds",
     "month_start",
     "parse_month",
-    "reprice",
     "rollup_lock",
     "run_rollup",
 ]
