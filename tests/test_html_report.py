@@ -1,6 +1,6 @@
 """The HTML report in a real headless Chromium (Debian's `chromium`; `make browser` installs
 it): every chart drawn as server-side SVG and laid out, in the light and the dark colour
-scheme, with a screenshot of each (kept in docs/ when AI_USAGE_SCREENSHOTS=1); a month of 50
+scheme, with a screenshot of each (kept in docs/reading/images/ when AI_USAGE_SCREENSHOTS=1); a month of 50
 tenants and 20 models within 1 MB; the "metered vs provider" section."""
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def test_the_html_report_renders_in_chromium_in_both_colour_schemes(
         )
         assert taken.returncode == 0 and shot.stat().st_size > 20_000, taken.stderr[-2000:]
         if os.environ.get("AI_USAGE_SCREENSHOTS") == "1":
-            (ROOT / "docs").mkdir(exist_ok=True)
-            shutil.copy(shot, ROOT / "docs" / shot.name)
+            (ROOT / "docs" / "reading" / "images").mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, ROOT / "docs" / "reading" / "images" / shot.name)
 
 
 BIG_MODELS = [
