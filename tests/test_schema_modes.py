@@ -34,6 +34,9 @@ OUR_TABLES = (
     "ai_usage_closed_months",
     "ai_usage_budgets",
     "ai_usage_budget_alerts",
+    "ai_usage_reconcile_runs",
+    "ai_usage_reconcile_buckets",
+    "ai_usage_reconcile_results",
 )
 
 HOST_ENV = """
@@ -228,8 +231,8 @@ def test_host_mode_leaves_the_host_chain_and_tables_alone(
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE tenants ADD ga_measurement_id text, ADD ga_api_secret text"))
     expected = {t: columns(engine, t) for t in ("tenants", "users", "assessments", "leads")}
-    # -7 from head is 9f8e7d6c5b4a, the stand-in of the host's own parent tables.
-    for target in ("base", "-7"):
+    # -8 from head is 9f8e7d6c5b4a, the stand-in of the host's own parent tables.
+    for target in ("base", "-8"):
         with pytest.raises(CommandError, match="downgrade no further than a1b2c3d4e5f6"):
             command.downgrade(alembic_config(url, "host"), target)
         assert version(engine, "ai_usage_alembic_version") == [HEAD]

@@ -165,3 +165,25 @@ def serve(port: int) -> None:
     else:
         start_http_server(port, registry=registry)
     log.info("metrics served on port %d", port)
+
+
+RECONCILE_DRIFT = Gauge(
+    "ai_usage_reconcile_drift_ratio",
+    "(metered - reported) / reported over the judged days of the latest reconciliation, by"
+    " provider and measure (0: in step; negative: calls or tokens missed).",
+    ["provider", "measure"],
+    multiprocess_mode="mostrecent",
+)
+RECONCILE_DRIFTING_ROWS = Gauge(
+    "ai_usage_reconcile_drifting_rows",
+    "Rows of the latest reconciliation that are under_metered, over_metered or price_mismatch.",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
+
+
+def record_reconcile(provider: str, drift: dict[str, float], drifting_rows: int) -> None:
+    """Set the reconciliation gauges from one run."""
+    for measure, ratio in drift.items():
+        RECONCILE_DRIFT.labels(provider, measure).set(ratio)
+    RECONCILE_DRIFTING_ROWS.labels(provider).set(drifting_rows)

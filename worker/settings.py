@@ -140,6 +140,45 @@ class Settings(BaseSettings):
         "INFO", validation_alias="AI_USAGE_LOG_LEVEL"
     )
 
+    # --- Reconciliation with the providers' usage and cost reports (`ai-usage reconcile`,
+    # docs/reading/reconciliation.md). The admin keys are SecretStr: never in a repr or a log.
+    #: Providers Beat reconciles daily (comma-separated: anthropic, openai). Empty: none.
+    reconcile_providers: str = Field("", validation_alias="AI_USAGE_RECONCILE_PROVIDERS")
+    #: The provider-side ids this application uses, `[provider:]dimension=id` separated by
+    #: commas (api_key_id, workspace_id, project_id). Empty: the whole organisation.
+    reconcile_scope: str = Field("", validation_alias="AI_USAGE_RECONCILE_SCOPE")
+    #: A measure matches when it differs from the provider's figure by at most this percent.
+    reconcile_tolerance_pct: float = Field(
+        0.5, ge=0, le=100, validation_alias="AI_USAGE_RECONCILE_TOLERANCE_PCT"
+    )
+    #: Hours after a UTC day ends during which its figures are provisional (not judged).
+    reconcile_lag_hours: float = Field(
+        48.0, ge=0, le=24 * 31, validation_alias="AI_USAGE_RECONCILE_LAG_HOURS"
+    )
+    #: Days the daily Beat run covers, ending yesterday (UTC).
+    reconcile_days: int = Field(7, ge=1, le=31, validation_alias="AI_USAGE_RECONCILE_DAYS")
+    #: Seconds one run may spend fetching, retries and Retry-After waits included.
+    reconcile_deadline_s: float = Field(
+        120.0, gt=0, le=3600, validation_alias="AI_USAGE_RECONCILE_DEADLINE_S"
+    )
+    anthropic_admin_api_key: SecretStr | None = Field(
+        None, validation_alias="ANTHROPIC_ADMIN_API_KEY"
+    )
+    openai_admin_key: SecretStr | None = Field(None, validation_alias="OPENAI_ADMIN_KEY")
+    #: As in the providers' SDKs (OpenAI's includes the /v1).
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com", validation_alias="ANTHROPIC_BASE_URL"
+    )
+    openai_base_url: str = Field("https://api.openai.com/v1", validation_alias="OPENAI_BASE_URL")
+
+    @field_validator("reconcile_providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        for name in (p.strip() for p in value.split(",")):
+            if name and name not in ("anthropic", "openai"):
+                raise ValueError(f"expected anthropic and/or openai, got {name!r}")
+        return value
+
     @field_validator("retention_months", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

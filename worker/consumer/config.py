@@ -80,6 +80,16 @@ if _s.retention_months:
         "options": {"expires": 86400.0, "queue": PERIODIC_QUEUE},
     }
 
+if _s.reconcile_providers.strip():
+    from celery.schedules import crontab
+
+    # Daily, after the providers' overnight batches (lag: docs/reading/reconciliation.md).
+    beat_schedule["ai-usage-reconcile"] = {
+        "task": "ai_usage.reconcile",
+        "schedule": crontab(minute=30, hour=6),
+        "options": {"expires": 86400.0, "queue": PERIODIC_QUEUE},
+    }
+
 if _s.beat_scheduler == "redbeat":
     # Standby beats: only the holder of the Redis lock sends; another takes over within
     # redbeat_lock_timeout if it dies. The rollup's advisory lock keeps results right anyway.

@@ -113,3 +113,28 @@ def prune(older_than_months: int) -> dict[str, Any]:
 
 def _summary(result: WriteResult) -> dict[str, int]:
     return result.counts()
+
+
+# --- Reconciliation with the providers' usage and cost reports (issue 25).
+
+
+@app.task(name="ai_usage.reconcile", acks_late=True)
+def reconcile() -> dict[str, Any]:
+    """Reconcile each provider of AI_USAGE_RECONCILE_PROVIDERS over the last
+    AI_USAGE_RECONCILE_DAYS days (Beat, daily); set the drift gauges."""
+    from worker.ledger.reconcile import reconcile_configured
+    from worker.metrics import record_reconcile
+
+    summary: dict[str, Any] = {}
+    for outcome in reconcile_configured(get_engine(), get_settings()):
+        if outcome.result is None:
+            summary[outcome.provider] = {"error": outcome.error}
+            continue
+        drifting = len(outcome.result.drifting())
+        record_reconcile(outcome.provider, outcome.result.drift_by_measure(), drifting)
+        summary[outcome.provider] = {
+            "run_id": outcome.result.run_id,
+            "rows": len(outcome.result.rows),
+            "drifting": drifting,
+        }
+    return summary

@@ -289,3 +289,89 @@ class AIUsageBudgetAlert(Base):
     webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     webhook_error: Mapped[str | None] = mapped_column(Text)
     webhook_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+#: Verdicts of a reconciliation result row (revision b8c9d0e1f2a3; worker.ledger.reconcile).
+RECONCILE_STATUSES = (
+    "match",
+    "under_metered",
+    "over_metered",
+    "price_mismatch",
+    "provisional",
+    "not_covered",
+)
+
+
+class AIUsageReconcileRun(Base):
+    """One reconciliation of a provider's usage and cost reports over a range of UTC days."""
+
+    __tablename__ = "ai_usage_reconcile_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IN ('running', 'ok', 'failed')", name="ck_ai_usage_reconcile_runs_outcome"
+        ),
+        Index("idx_ai_usage_reconcile_runs_provider", "provider", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), nullable=False)
+    first_day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    last_day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    #: The ids the provider's side was restricted to ({"api_key_ids": [...], ...}).
+    scope: Mapped[dict[str, list[str]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    tolerance_pct: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    lag_hours: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    started_at: Mapped[dt.datetime] = _created_at()
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: running, ok or failed (then `error` says why, with no secret in it).
+    outcome: Mapped[str] = mapped_column(String(20), nullable=False, server_default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AIUsageReconcileBucket(Base):
+    """One result row of a provider's daily bucket, as received, with when it was fetched."""
+
+    __tablename__ = "ai_usage_reconcile_buckets"
+    __table_args__ = (Index("idx_ai_usage_reconcile_buckets_run_id", "run_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ai_usage_reconcile_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    #: The endpoint it came from: `usage_report/messages`, `cost_report`, `usage/completions`,
+    #: `usage/embeddings` or `costs`.
+    report: Mapped[str] = mapped_column(String(60), nullable=False)
+    starting_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ending_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    result: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False)
+    fetched_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class AIUsageReconcileResult(Base):
+    """A run's verdict on one UTC day, model and measure: what we metered, what the provider
+    reported, and the status."""
+
+    __tablename__ = "ai_usage_reconcile_results"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in RECONCILE_STATUSES) + ")",
+            name="ck_ai_usage_reconcile_results_status",
+        ),
+        Index("idx_ai_usage_reconcile_results_run_id", "run_id"),
+        Index("idx_ai_usage_reconcile_results_provider_day", "provider", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ai_usage_reconcile_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    provider: Mapped[str] = mapped_column(String(20), nullable=False)
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    measure: Mapped[str] = mapped_column(String(40), nullable=False)
+    metered: Mapped[Decimal | None] = mapped_column(Numeric)
+    reported: Mapped[Decimal | None] = mapped_column(Numeric)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text)
