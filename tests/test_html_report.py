@@ -22,10 +22,14 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import ROOT, make_tenant
+from tests.fake_provider_apis import FakeProviderApis
+from tests.reconcile_helpers import anthropic_event, anthropic_saw, clear_runs, days_ago
+from tests.test_reconcile_ops import HAIKU, SECRET, seed
 from worker.cli import main as cli
 from worker.ledger.budgets import set_budget
 from worker.ledger.months import add_months, month_start
 from worker.ledger.rollups import run_rollup
+from worker.settings import get_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -218,3 +222,42 @@ def test_a_month_of_50_tenants_and_20_models_is_within_1_mb(db: Engine, tmp_path
     assert marks(source, "chart-tenants") == 50 and marks(source, "chart-budgets") == 50
     assert marks(source, "chart-daily") == 20 * days
     assert "http://" not in source.replace("http://www.w3.org", "")  # nothing outside the file
+
+
+def test_the_page_shows_the_months_reconciliation_drift_first(
+    db: Engine, tenant: uuid.UUID, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ai-usage reconcile` against the fake Admin API (tests/fake_provider_apis.py), then the
+    page: its "metered vs provider" rows are the run's verdicts, those that drift first."""
+    clear_runs(db)
+    with FakeProviderApis(anthropic_key=SECRET) as fake:
+        monkeypatch.setenv("ANTHROPIC_ADMIN_API_KEY", SECRET)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.anthropic_url)
+        monkeypatch.delenv("AI_USAGE_RECONCILE_SCOPE", raising=False)
+        get_settings.cache_clear()
+        try:
+            day = seed(db, tenant, fake)
+            run_rollup(db, wait=True)
+            page = tmp_path / "r.html"
+            month = ["--month", f"{day:%Y-%m}"]
+            assert cli(["report", "--html", str(page), *month]) == 0
+            assert 'id="reconciliation-none"' in page.read_text(encoding="utf-8")
+            args = ["reconcile", "--provider", "anthropic", "--from", f"{day}", "--to", f"{day}"]
+            assert cli(args) == 0
+            # A call the provider saw and we did not: the day drifts.
+            missed = anthropic_event(tenant, HAIKU, days_ago(3, 1), uncached=500)
+            anthropic_saw(fake, [missed], HAIKU)
+            assert cli(args) == 1
+            assert cli(["report", "--html", str(page), *month]) == 0
+        finally:
+            get_settings.cache_clear()
+            clear_runs(db)
+    source = page.read_text(encoding="utf-8")
+    table = source.split('id="reconciliation-table"', 1)[1].split("</table>", 1)[0]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 7, rows  # Anthropic's seven measures for the one day and model
+    drifting = [r for r in rows if 'class="differs"' in r]
+    assert drifting and all("under_metered" in r for r in drifting), rows
+    assert rows[: len(drifting)] == drifting  # those that drift first
+    assert all('<bdi class="name" title="match">match</bdi>' in r for r in rows[len(drifting) :])
+    assert f"7 rows, {len(drifting)} that drift" in source

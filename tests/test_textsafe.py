@@ -193,7 +193,7 @@ def test_the_reconciliation_section_shows_hostile_rows_as_text_differences_first
     assert "&lt;/script&gt;&lt;script&gt;" in first and "\\u202eevil\\x1b]0;x\\x07" in first
     assert "&lt;b&gt;mismatch&lt;/b&gt;" in first
     assert table.count("<tr>") == 1 + MAX_RECONCILIATION_ROWS
-    assert f"{len(rows)} rows, 1 where the figures differ" in page
+    assert f"{len(rows)} rows, 1 that drift" in page
     data = re.search(r'id="reconciliation-data">(.*?)</script>', page)
     assert data is not None and len(json.loads(data.group(1))) == MAX_RECONCILIATION_ROWS
     assert len(re.findall(r"<script", page)) == 2

@@ -123,10 +123,15 @@ def _out(text: str, fmt: str = "") -> None:
 def html_report(engine: Any, args: argparse.Namespace) -> int:
     from worker.ledger.htmlpage import render_page
     from worker.ledger.htmlreport import gather
-    from worker.ledger.months import month_start
+    from worker.ledger.months import month_start, next_month
+    from worker.ledger.reconcile import latest_rows
 
     chosen = args.month or month_start(dt.datetime.now(dt.UTC))
-    page = render_page(gather(engine, chosen, args.tenant))
+    data = gather(engine, chosen, args.tenant)
+    # The providers' verdicts for the month (they are per organisation, not per tenant).
+    with engine.connect() as conn:
+        verdicts = latest_rows(conn, since=chosen, until=next_month(chosen) - dt.timedelta(days=1))
+    page = render_page(data, verdicts)
     try:
         with open(args.html, "w", encoding="utf-8") as out:
             out.write(page)

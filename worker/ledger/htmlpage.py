@@ -14,17 +14,20 @@ import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from html import escape
-from typing import Any
+from typing import Any, get_args
 
 from worker.ledger.htmlreport import PageData
+from worker.ledger.reconcile.core import DRIFT, Status
 from worker.ledger.svgchart import PALETTE_SIZE, Bar, full_text, hbars, label_text, stacked_columns
 
 #: Columns a tenant's name is cut to in the page's table (the hover text holds it whole).
 NAME_COLUMNS = 24
-#: Rows of the "metered vs provider" table at most (those that differ first); the rest are
-#: counted under it.
+#: Rows of the "metered vs provider" table at most (those that drift first); the rest are
+#: counted above it.
 MAX_RECONCILIATION_ROWS = 500
 RECONCILIATION_COLUMNS = ("provider", "day", "model", "measure", "metered", "reported", "status")
+#: Reconciliation's verdicts (worker.ledger.reconcile.core.Status); DRIFT are highlighted.
+STATUSES = frozenset(get_args(Status))
 # No script, no outside resource: the page works offline, and a script that a name smuggled
 # in could not run even if escaping failed.
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -209,6 +212,13 @@ def _number(value: object) -> Decimal | None:
 
 
 def _differs(row: Mapping[str, Any]) -> bool:
+    """Whether a row drifts: by its status when it is one of reconciliation's (a match within
+    the tolerance may still differ by a token), by its figures otherwise."""
+    status = row.get("status")
+    if status in DRIFT:
+        return True
+    if status in STATUSES:
+        return False
     metered, reported = _number(row.get("metered")), _number(row.get("reported"))
     if metered is None or reported is None:
         return row.get("metered") != row.get("reported")
@@ -219,8 +229,7 @@ def _reconciliation(
     rows: Sequence[Mapping[str, Any]] | None,
 ) -> tuple[str, list[Mapping[str, Any]]]:
     """The "metered vs provider" section, and the rows it shows: one row per provider, day,
-    model and measure, those whose figures differ first (highlighted), at most
-    MAX_RECONCILIATION_ROWS."""
+    model and measure, those that drift first (highlighted), at most MAX_RECONCILIATION_ROWS."""
     if not rows:
         return (
             '<p class="muted" id="reconciliation-none">No reconciliation run yet: nothing to'
@@ -240,9 +249,9 @@ def _reconciliation(
         cells += [f"<td{mark}>{escape(_cell(r.get(c)))}</td>" for c in ("metered", "reported")]
         cells.append(f'<td class="text">{_name(_cell(r.get("status")), 24)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    note = f"{len(rows)} rows, {differing} where the figures differ."
+    note = f"{len(rows)} rows, {differing} that drift (highlighted)."
     if len(rows) > len(shown):
-        note += f" The first {len(shown)} are shown, those that differ first."
+        note += f" The first {len(shown)} are shown, those that drift first."
     return (
         f'<p class="muted">{note}</p><div class="scroll"><table id="reconciliation-table">'
         f"<tr>{head}</tr>{''.join(body)}</table></div>"
@@ -256,7 +265,8 @@ def _cell(value: object) -> str:
 def render_page(data: PageData, reconciliation: Sequence[Mapping[str, Any]] | None = None) -> str:
     """The whole page as one HTML string. `reconciliation` is a list of rows (dicts with
     provider, day, model, measure, metered, reported and status) for the "metered vs
-    provider" section; empty or None shows that no reconciliation has run."""
+    provider" section (worker.ledger.reconcile.latest_rows); empty or None shows that no
+    reconciliation has run."""
     rows = data.report["rows"]
     total = sum((Decimal(r["total_cost_usd"]) for r in rows if r["total_cost_usd"]), Decimal(0))
     calls = sum(int(r["api_calls"]) for r in rows)
