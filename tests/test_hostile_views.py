@@ -143,16 +143,13 @@ def world(
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    db = engine
-    tenants = {make_tenant(db, name): name for name in TENANT_NAMES}
+    tenants = {make_tenant(engine, name): name for name in TENANT_NAMES}
     ids = list(tenants)
-    with db.begin() as conn:
+    with engine.begin() as conn:
         user = conn.execute(
-            text("INSERT INTO users (name, tenant_id) VALUES (:n, :t) RETURNING id"),
-            {"n": CORPUS[1], "t": ids[0]},
+            text("INSERT INTO users (name, tenant_id) VALUES ('u', :t) RETURNING id"),
+            {"t": ids[0]},
         ).scalar_one()
-    log = tmp_path_factory.mktemp("hostile") / "worker.log"
-    worker = WorkerProcess({**os.environ, "AI_USAGE_BATCH_MAX_WAIT_MS": "100"}, log).start()
     good = [
         event(
             tenant,
@@ -167,23 +164,24 @@ def world(
     ]
     bad = [event(ids[0], **{name: 1}) for name in HOSTILE_FIELDS]
     bad.append(event(ids[1], model="\x1b]0;pwned\x07" + "m" * 120))  # too long
-    producer = Celery("hostile-producer", broker=redis_url, set_as_current=False)
-    producer.conf.task_serializer = "json"
-    producer.send_task("ai_usage.record_batch", args=[good + bad], queue="ai_usage")
-    producer.close()
-    # Not messages at all: set aside by the worker, with their reason.
-    client.lpush("ai_usage", b"\x1b]0;pwned\x07 not json\r\nFAKE LINE \xe2\x80\xae")
-    client.lpush("ai_usage", json.dumps({"\x1b[2J": "</script>", "body": "\u202e"}))
-    wait_for(lambda: count_rows(db) == len(good), 60, what="the hostile events stored")
-    wait_for(lambda: count_rows(db, "ai_usage_dead_letters") == len(bad), 60, what="dead letters")
-    wait_for(lambda: client.llen("ai_usage.undecodable") == 2, 60, what="2 items set aside")
-    client.close()
-    ai_usage("rollup")
-    for tenant in ids:
-        ai_usage("budget", "set", "--tenant", str(tenant), "--usd", "0.05")
-    month = time.strftime("%Y-%m", time.gmtime())
+    log = tmp_path_factory.mktemp("hostile") / "worker.log"
+    worker = WorkerProcess({**os.environ, "AI_USAGE_BATCH_MAX_WAIT_MS": "100"}, log).start()
     try:
-        yield World(tenants, month, worker, ids[0])
+        producer = Celery("hostile-producer", broker=redis_url, set_as_current=False)
+        producer.conf.task_serializer = "json"
+        producer.send_task("ai_usage.record_batch", args=[good + bad], queue="ai_usage")
+        producer.close()
+        # Not messages at all: set aside by the worker, with their reason.
+        client.lpush("ai_usage", b"\x1b]0;pwned\x07 not json\r\nFAKE LINE \xe2\x80\xae")
+        client.lpush("ai_usage", json.dumps({"\x1b[2J": "</script>", "body": "\u202e"}))
+        wait_for(lambda: count_rows(engine) == len(good), 60, what="the hostile events")
+        wait_for(lambda: count_rows(engine, "ai_usage_dead_letters") == len(bad), 60)
+        wait_for(lambda: client.llen("ai_usage.undecodable") == 2, 60, what="2 set aside")
+        client.close()
+        ai_usage("rollup")
+        for tenant in ids:
+            ai_usage("budget", "set", "--tenant", str(tenant), "--usd", "0.05")
+        yield World(tenants, time.strftime("%Y-%m", time.gmtime()), worker, ids[0])
     finally:
         worker.stop()
 
