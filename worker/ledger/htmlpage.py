@@ -30,7 +30,7 @@ RECONCILIATION_COLUMNS = ("provider", "day", "model", "measure", "metered", "rep
 STATUSES = frozenset(get_args(Status))
 # No script, no outside resource: the page works offline, and a script that a name smuggled
 # in could not run even if escaping failed.
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 # Light and dark fills for the PALETTE_SIZE series classes (c0..c19).
 _LIGHT = [
     "#0969da",
