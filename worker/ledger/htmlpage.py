@@ -1,12 +1,13 @@
 """`ai-usage report --html FILE`: one self-contained page, offline, with no script at all.
 
 The charts are SVG drawn on the server (worker.ledger.svgchart): a reader sees them with
-scripts disabled, the page weighs tens of KiB instead of plotly.js's 4.9 MB, and a hostile name
-is only ever escaped text, never a chart library's template or markup. The page forbids every
-script and outside resource (its Content-Security-Policy), follows the reader's colour scheme
-(prefers-color-scheme, in CSS), and embeds the JSON report (`ai-usage report --format json`)
-escaped for a script element. Every name is shown by the rule of worker.textsafe, isolated
-(`<bdi>`, `unicode-bidi: isolate`), cut to a number of columns with the whole name on hover."""
+scripts disabled, the page weighs 165 KiB for 50 tenants x 20 models where plotly.js made it
+4.7 MiB, and a hostile name is only ever escaped text, never a chart library's template or
+markup. The page forbids every script and outside resource (its Content-Security-Policy),
+follows the reader's colour scheme (prefers-color-scheme, in CSS), and embeds the JSON report
+(`ai-usage report --format json`) escaped for a script element. Every name is shown by the rule
+of worker.textsafe, isolated (`<bdi>`, `unicode-bidi: isolate`), cut to a number of columns
+with the whole name on hover."""
 
 from __future__ import annotations
 
