@@ -191,15 +191,28 @@ def test_no_module_of_worker_imports_itself_through_others() -> None:
 #: the CLI on top; `celery_app` is the worker's entry point.
 ROOMS: dict[str, set[str]] = {
     "client": set(),
+    # The rule for untrusted text in human output: the standard library and wcwidth only, so
+    # that the logs, the ledger's renderers and the CLI can all import it.
+    "textsafe": set(),
     "settings": {"client"},
-    "logs": {"client", "settings"},
+    "logs": {"client", "settings", "textsafe"},
     "metrics": {"client", "settings"},
-    "ledger": {"client", "settings", "logs", "metrics"},
-    "consumer": {"client", "settings", "logs", "metrics", "ledger"},
-    "health": {"client", "settings", "logs", "metrics", "ledger", "consumer"},
-    "dev": {"client", "settings", "logs", "metrics", "ledger"},
+    "ledger": {"client", "settings", "logs", "metrics", "textsafe"},
+    "consumer": {"client", "settings", "logs", "metrics", "ledger", "textsafe"},
+    "health": {"client", "settings", "logs", "metrics", "ledger", "consumer", "textsafe"},
+    "dev": {"client", "settings", "logs", "metrics", "ledger", "textsafe"},
     "celery_app": {"consumer"},
-    "cli": {"client", "settings", "logs", "metrics", "ledger", "consumer", "health", "dev"},
+    "cli": {
+        "client",
+        "settings",
+        "logs",
+        "metrics",
+        "ledger",
+        "consumer",
+        "health",
+        "dev",
+        "textsafe",
+    },
 }
 #: The one import against the flow, by module: the worker checks the broker's Redis version at
 #: start with the same function `ai-usage check` uses (health reads the consumer's key layout).

@@ -97,7 +97,7 @@ def test_exit_codes_and_the_key_never_shown(
     args = ["reconcile", "--provider", "anthropic", "--from", day, "--to", day]
     assert main([*args, "--format", "csv"]) == 0
     out, err = capsys.readouterr()
-    header, *lines = out.strip().split("\n")
+    header, *lines = out.strip().splitlines()  # CSV lines end with CRLF
     assert header == "day,model,measure,metered,reported,status,detail"
     assert len(lines) == 7 and all(",match," in line for line in lines)
 

@@ -1,4 +1,10 @@
-"""Logging: text or JSON lines (AI_USAGE_LOG_FORMAT), with secrets redacted from every line."""
+"""Logging: text or JSON lines (AI_USAGE_LOG_FORMAT), with secrets redacted from every line.
+
+A log line may quote a producer's text (a dead letter's field name and reason, a model name):
+in the text format every message is shown by the rule of worker.textsafe (controls, bidi and
+zero-width characters as visible escapes), and the lines of a traceback each start with
+TRACE_PREFIX, so no value can end a line or forge one that looks like a record. The JSON
+format stays exact: json escapes every control."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import sys
 from typing import Any
 
 from worker.settings import get_settings
+from worker.textsafe import visible
 
 # user:password@ in any URL, and password=... in DSNs and query strings.
 _URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
@@ -22,11 +29,32 @@ def redact(text: str) -> str:
     return _KV_SECRET.sub(r"\g<key>=***", text)
 
 
+#: Starts every line of a traceback or stack under a text record (a record's own line starts
+#: with its timestamp).
+TRACE_PREFIX = "  | "
+
+
 class RedactingFormatter(logging.Formatter):
-    """A text formatter that never prints a password."""
+    """A text formatter that never prints a password, and prints each record as one line shown
+    by the rule for untrusted text, followed by its traceback's lines (each under
+    TRACE_PREFIX, each shown by the rule)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        # A copy: other handlers of the record format it their own way.
+        safe = logging.makeLogRecord(vars(record))
+        safe.msg, safe.args = visible(record.getMessage()), None
+        safe.exc_info, safe.exc_text, safe.stack_info = None, None, None
+        lines = [super().format(safe)]
+        trace = []
+        if record.exc_info:
+            trace.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            trace.append(record.exc_text)
+        if record.stack_info:
+            trace.append(self.formatStack(record.stack_info))
+        for block in trace:
+            lines += [TRACE_PREFIX + visible(line) for line in block.splitlines()]
+        return redact("\n".join(lines))
 
 
 class JsonFormatter(logging.Formatter):

@@ -89,6 +89,7 @@ def set_command(args: argparse.Namespace) -> int:
 
 def list_command(args: argparse.Namespace) -> int:
     from worker.ledger.budgets import standings
+    from worker.ledger.report import tenant_label
 
     rows = standings(database())
     if args.format == "json":
@@ -108,7 +109,7 @@ def list_command(args: argparse.Namespace) -> int:
     )
     body = [
         (
-            (r.tenant_name or "")[:20] + " " + str(r.tenant_id)[:8],
+            tenant_label(r.tenant_name, r.tenant_id),
             f"{r.budget_usd:.2f}",
             f"{r.cost_usd:.6f}",
             f"{r.used_pct:.1f}%",
@@ -211,6 +212,6 @@ def raise_rollup_alerts(engine: Any) -> None:
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]], title: str) -> str:
-    from worker.ledger.report import text_table
+    from worker.textsafe import text_table
 
     return title + "\n" + text_table(header, body, numeric=False)

@@ -103,11 +103,31 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def shown(text: str) -> str:
+    """`text` by the rule for untrusted text (worker.textsafe), line by line: its newlines are
+    the only ones kept. A no-op on text already shown by the rule."""
+    from worker.textsafe import visible
+
+    return "\n".join(visible(line) for line in text.split("\n"))
+
+
 def say(text: str) -> None:
-    """Print a line of a command's output (stdout)."""
-    print(text, flush=True)
+    """Print a command's output (stdout). No raw control reaches the terminal: the values in
+    `text` are shown by the rule already (tables), and this applies it once more per line."""
+    print(shown(text), flush=True)
+
+
+def say_exact(text: str) -> None:
+    """Write `text` to stdout as it is (CSV: its CRLF line ends and exact values)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def to_terminal() -> bool:
+    """Whether stdout is a terminal (CSV then shows its text cells by the rule)."""
+    return sys.stdout.isatty()
 
 
 def warn(text: str) -> None:
-    """Print a line to stderr."""
-    print(text, file=sys.stderr, flush=True)
+    """Print a line to stderr, shown by the rule for untrusted text (errors may quote a value)."""
+    print(shown(text), file=sys.stderr, flush=True)

@@ -8,6 +8,11 @@ from typing import Any
 
 from worker.cli.common import EXIT_FAILED, EXIT_OK, UsageError, database, positive_int, say
 
+#: Columns a dead letter's field name, and its reason and payload, are cut to in the list (the
+#: JSON format holds them whole).
+FIELD_WIDTH = 40
+TEXT_WIDTH = 300
+
 
 def register(sub: Any) -> None:
     dl = sub.add_parser("dead-letters", help="events that could not be stored")
@@ -25,6 +30,7 @@ def register(sub: Any) -> None:
 
 def list_command(args: argparse.Namespace) -> int:
     from worker.ledger.deadletters import list_dead_letters
+    from worker.textsafe import cut
 
     rows = list_dead_letters(database(), args.limit)
     if args.format == "json":
@@ -50,10 +56,12 @@ def list_command(args: argparse.Namespace) -> int:
     if not rows:
         say("no dead letters")
     for r in rows:
-        payload = r.payload if len(r.payload) <= 300 else r.payload[:300] + "..."
+        # Field, reason and payload are a producer's text: each shown by the rule on its own
+        # line (worker.textsafe), so none can end its line or forge the next entry.
         say(
             f"#{r.id}  {r.last_attempt_at:%Y-%m-%d %H:%M:%S}  attempts={r.attempts}"
-            f"  field={r.field or '-'}\n    reason:  {r.error}\n    payload: {payload}"
+            f"  field={cut(r.field or '-', FIELD_WIDTH)}\n    reason:  {cut(r.error, TEXT_WIDTH)}"
+            f"\n    payload: {cut(r.payload, TEXT_WIDTH)}"
         )
     return EXIT_OK
 

@@ -13,6 +13,8 @@ from worker.cli.common import (
     Unreachable,
     UsageError,
     say,
+    say_exact,
+    to_terminal,
 )
 from worker.cli.report import day
 
@@ -105,5 +107,8 @@ def reconcile(args: argparse.Namespace) -> int:
         if exc.permanent:
             raise CommandError(str(exc), EXIT_USAGE) from None
         raise Unreachable(str(exc)) from None
-    say(render(result, args.format))
+    if args.format == "csv":  # exactly: its CRLF line ends and values (worker.textsafe)
+        say_exact(render(result, "csv", terminal=to_terminal()))
+    else:
+        say(render(result, args.format))
     return EXIT_FAILED if result.drifting() else EXIT_OK

@@ -6,7 +6,16 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from worker.cli.common import EXIT_OK, UsageError, database, require_tenant, say, tenant_id
+from worker.cli.common import (
+    EXIT_OK,
+    UsageError,
+    database,
+    require_tenant,
+    say,
+    say_exact,
+    tenant_id,
+    to_terminal,
+)
 
 
 def month(value: str) -> dt.date:
@@ -89,7 +98,8 @@ def report(args: argparse.Namespace) -> int:
         from worker.ledger.report import load_report, render
 
         chosen = args.month or month_start(dt.datetime.now(dt.UTC))
-        say(render(load_report(engine, chosen, args.tenant), args.format))
+        report_ = load_report(engine, chosen, args.tenant)
+        _out(render(report_, args.format, terminal=to_terminal()), args.format)
         return EXIT_OK
     from worker.ledger.breakdown import default_range, load_breakdown, render_breakdown
 
@@ -98,24 +108,30 @@ def report(args: argparse.Namespace) -> int:
         b = load_breakdown(engine, args.by, args.first or first, args.last or last, args.tenant)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    say(render_breakdown(b, args.format))
+    _out(render_breakdown(b, args.format, terminal=to_terminal()), args.format)
     return EXIT_OK
 
 
+def _out(text: str, fmt: str = "") -> None:
+    # CSV goes out exactly (CRLF line ends, values whole); everything else through say().
+    if fmt == "csv":
+        say_exact(text)
+    else:
+        say(text)
+
+
 def html_report(engine: Any, args: argparse.Namespace) -> int:
+    from worker.ledger.htmlpage import render_page
     from worker.ledger.htmlreport import gather
-    from worker.ledger.months import month_start
+    from worker.ledger.months import month_start, next_month
+    from worker.ledger.reconcile import latest_rows
 
-    try:
-        import plotly  # noqa: F401 - the extra's one module, checked before any work
-
-        from worker.ledger.htmlpage import render_page
-    except ModuleNotFoundError:
-        raise UsageError(
-            "report --html needs plotly: pip install 'ai-usage-worker[report]'"
-        ) from None
     chosen = args.month or month_start(dt.datetime.now(dt.UTC))
-    page = render_page(gather(engine, chosen, args.tenant))
+    data = gather(engine, chosen, args.tenant)
+    # The providers' verdicts for the month (they are per organisation, not per tenant).
+    with engine.connect() as conn:
+        verdicts = latest_rows(conn, since=chosen, until=next_month(chosen) - dt.timedelta(days=1))
+    page = render_page(data, verdicts)
     try:
         with open(args.html, "w", encoding="utf-8") as out:
             out.write(page)

@@ -42,24 +42,32 @@ def _key() -> str:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    from worker.textsafe import cut
+
     client = _client()
     raw = client.lrange(_key(), 0, args.limit - 1)
     total = int(client.llen(_key()))
-    records = []
+    records: list[dict[str, Any]] = []
     for item in raw:
         try:
-            records.append(json.loads(item))
-        except ValueError:  # written by something else than this worker
-            records.append({"reason": "(not a set-aside record)", "item": repr(item)[:2000]})
+            record = json.loads(item)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):  # written by something else than this worker
+            record = {"reason": "(not a set-aside record)", "item": repr(item)[:2000]}
+        records.append(record)
     if args.format == "json":
         say(json.dumps(records, indent=2))
         return EXIT_OK
     say(f"{total} items set aside in {_key()}" + (f", the newest {len(raw)}:" if raw else ""))
     for r in records:
+        # Every field is text from the queue: shown by the rule (worker.textsafe), each on its
+        # own line, so none can end its line or forge the next record.
         item = r.get("item") or f"(base64) {r.get('item_base64', '')}"
         say(
-            f"- {r.get('set_aside_at', '?')}  {r.get('queue', '?')}\n    reason: {r['reason']}"
-            f"\n    item:   {item[:300]}{'...' if len(item) > 300 else ''}"
+            f"- {cut(str(r.get('set_aside_at', '?')), 40)}  {cut(str(r.get('queue', '?')), 60)}"
+            f"\n    reason: {cut(str(r.get('reason', '?')), 300)}"
+            f"\n    item:   {cut(str(item), 300)}"
         )
     return EXIT_OK
 

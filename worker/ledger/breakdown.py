@@ -7,9 +7,7 @@ the number of users)."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import uuid
 from contextlib import nullcontext
@@ -20,10 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker.ledger.months import day_bounds, month_start, next_month
-from worker.ledger.report import text_table
+from worker.textsafe import csv_document, text_table
 
 DIMENSIONS = ("model", "operation", "day", "user")
 MAX_USER_DAYS = 92
+#: Columns a key (a model, an operation, a user id) is cut to in the table; JSON and CSV hold it
+#: whole.
+KEY_WIDTH = 48
 COLUMNS = (
     "key",
     "api_calls",
@@ -179,8 +180,9 @@ def _plain(row: BreakdownRow) -> dict[str, Any]:
     return out
 
 
-def render_breakdown(b: Breakdown, fmt: str) -> str:
-    """The breakdown as `table`, `json` or `csv` text."""
+def render_breakdown(b: Breakdown, fmt: str, *, terminal: bool = False) -> str:
+    """The breakdown as `table`, `json` or `csv` text (`terminal`: as worker.ledger.report's
+    render)."""
     if fmt == "json":
         return json.dumps(
             {
@@ -193,13 +195,11 @@ def render_breakdown(b: Breakdown, fmt: str) -> str:
             indent=2,
         )
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow((b.by, *COLUMNS[1:]))
-        for r in b.rows:
-            p = _plain(r)
-            writer.writerow(["" if p[c] is None else p[c] for c in COLUMNS])
-        return buf.getvalue().rstrip("\n")
+        return csv_document(
+            (b.by, *COLUMNS[1:]),
+            ([getattr(r, c) for c in COLUMNS] for r in b.rows),
+            shown=terminal,
+        )
     scope = f"tenant {b.tenant}" if b.tenant else "all tenants"
     title = f"AI usage by {b.by}, {b.first} to {b.last} (UTC), {scope}"
     if not b.rows:
@@ -218,7 +218,7 @@ def render_breakdown(b: Breakdown, fmt: str) -> str:
         )
         for r in b.rows
     ]
-    lines = [title, text_table(header, body)]
+    lines = [title, text_table(header, body, max_widths=[KEY_WIDTH])]
     unpriced = sum(r.unpriced_calls for r in b.rows)
     if unpriced:
         lines.append(f"{unpriced} calls have no known price (cost NULL, not $0).")

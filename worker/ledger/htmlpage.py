@@ -1,27 +1,91 @@
-"""`ai-usage report --html FILE`: one self-contained page, offline (plotly.js is inlined).
+"""`ai-usage report --html FILE`: one self-contained page, offline, with no script at all.
 
-plotly (the optional `report` extra) draws the charts in the browser from figures built here:
-it is maintained, works offline with its bundled JS, and its hover labels give exact values,
-which hand-drawn SVG would have to reimplement. The page follows the reader's colour scheme
-(prefers-color-scheme), redrawing the charts with matching colours when it changes. The
-numbers shown in text (the table, the totals, the hover labels) are the JSON report's own
-strings; the report itself is embedded as JSON too."""
+The charts are SVG drawn on the server (worker.ledger.svgchart): a reader sees them with
+scripts disabled, the page weighs 165 KiB for 50 tenants x 20 models where plotly.js made it
+4.7 MiB, and a hostile name is only ever escaped text, never a chart library's template or
+markup. The page forbids every script and outside resource (its Content-Security-Policy),
+follows the reader's colour scheme (prefers-color-scheme, in CSS), and embeds the JSON report
+(`ai-usage report --format json`) escaped for a script element. Every name is shown by the rule
+of worker.textsafe, isolated (`<bdi>`, `unicode-bidi: isolate`), cut to a number of columns
+with the whole name on hover."""
 
 from __future__ import annotations
 
-import html
 import json
-from decimal import Decimal
-from typing import Any
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from html import escape
+from typing import Any, get_args
 
 from worker.ledger.htmlreport import PageData
+from worker.ledger.reconcile.core import DRIFT, Status
+from worker.ledger.svgchart import PALETTE_SIZE, Bar, full_text, hbars, label_text, stacked_columns
 
-_CSS = """
+#: Columns a tenant's name is cut to in the page's table (the hover text holds it whole).
+NAME_COLUMNS = 24
+#: Rows of the "metered vs provider" table at most (those that drift first); the rest are
+#: counted above it.
+MAX_RECONCILIATION_ROWS = 500
+RECONCILIATION_COLUMNS = ("provider", "day", "model", "measure", "metered", "reported", "status")
+#: Reconciliation's verdicts (worker.ledger.reconcile.core.Status); DRIFT are highlighted.
+STATUSES = frozenset(get_args(Status))
+# No script, no outside resource: the page works offline, and a script that a name smuggled
+# in could not run even if escaping failed.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+# Light and dark fills for the PALETTE_SIZE series classes (c0..c19).
+_LIGHT = [
+    "#0969da",
+    "#bf3989",
+    "#1a7f37",
+    "#bc4c00",
+    "#8250df",
+    "#cf222e",
+    "#0a7c86",
+    "#9a6700",
+    "#57606a",
+    "#6639ba",
+    "#54aeff",
+    "#ff80c8",
+    "#4ac26b",
+    "#fb8f44",
+    "#c297ff",
+    "#ff8182",
+    "#3fb6c4",
+    "#d4a72c",
+    "#8c959f",
+    "#a475f9",
+]
+_DARK = [
+    "#4493f8",
+    "#db61a2",
+    "#3fb950",
+    "#db6d28",
+    "#ab7df8",
+    "#f85149",
+    "#39c5cf",
+    "#d29922",
+    "#9198a1",
+    "#8957e5",
+    "#80ccff",
+    "#ffadda",
+    "#7ee787",
+    "#ffa657",
+    "#d2a8ff",
+    "#ffa198",
+    "#76e3ea",
+    "#e3b341",
+    "#b7bdc8",
+    "#bc8cff",
+]
+_CSS = (
+    """
 :root { --bg: #ffffff; --fg: #1f2328; --muted: #59636e; --card: #f6f8fa; --line: #d1d9e0;
-        --warn-fg: #7d4e00; --warn-bg: #fff8c5; }
+        --warn-fg: #7d4e00; --warn-bg: #fff8c5; --ok: #1a7f37; --near: #bf8700; --over: #cf222e;
+        LIGHT }
 @media (prefers-color-scheme: dark) {
   :root { --bg: #0d1117; --fg: #e6edf3; --muted: #9198a1; --card: #151b23; --line: #3d444d;
-          --warn-fg: #f2cc60; --warn-bg: #3b2300; }
+          --warn-fg: #f2cc60; --warn-bg: #3b2300; --ok: #3fb950; --near: #d29922;
+          --over: #f85149; DARK }
 }
 body { background: var(--bg); color: var(--fg); margin: 0 auto; max-width: 1100px;
        padding: 24px; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; }
@@ -32,157 +96,178 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
        padding: 10px 14px; min-width: 150px; }
 .kpi b { display: block; font-size: 20px; }
 .unpriced { background: var(--warn-bg); color: var(--warn-fg); border-color: var(--warn-fg); }
-.chart { height: 360px; border: 1px solid var(--line); border-radius: 8px; }
+.chart { border: 1px solid var(--line); border-radius: 8px; margin: 0; padding: 8px; }
+.chart-svg { display: block; font: 12px system-ui, sans-serif; }
+.chart-svg text { fill: var(--fg); }
+.chart-svg .tick, .chart-svg .axis, .chart-svg .tag { fill: var(--muted); }
+.chart-svg .grid { stroke: var(--line); } .chart-svg .reference { stroke: var(--over);
+  stroke-dasharray: 4 3; stroke-width: 1.5; }
+.name { unicode-bidi: isolate; }
+.ok { fill: var(--ok); } .near { fill: var(--near); } .over { fill: var(--over); }
+.legend { list-style: none; display: flex; flex-wrap: wrap; gap: 4px 14px; padding: 0;
+          margin: 8px 0 0; font-size: 13px; }
+.swatch { display: inline-block; width: 10px; height: 10px; margin-right: 5px;
+          border-radius: 2px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid var(--line); padding: 6px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-"""
-
-_SCRIPT = """
-(function () {
-  var errors = [];
-  window.addEventListener('error', function (e) { errors.push(String(e.message)); });
-  var figures = JSON.parse(document.getElementById('figures').textContent);
-  var scheme = window.matchMedia('(prefers-color-scheme: dark)');
-  function draw() {
-    var dark = scheme.matches;
-    var fg = dark ? '#e6edf3' : '#1f2328', grid = dark ? '#3d444d' : '#d1d9e0';
-    var drawn = Object.keys(figures).map(function (id) {
-      var fig = figures[id];
-      var layout = Object.assign({}, fig.layout, {
-        paper_bgcolor: 'rgba(0,0,0,0)', plot_bgcolor: 'rgba(0,0,0,0)', font: {color: fg},
-        xaxis: Object.assign({}, fig.layout.xaxis, {gridcolor: grid, linecolor: grid}),
-        yaxis: Object.assign({}, fig.layout.yaxis, {gridcolor: grid, linecolor: grid})
-      });
-      return Plotly.react(id, fig.data, layout, {displayModeBar: false, responsive: true});
-    });
-    Promise.all(drawn).then(function () {
-      document.body.setAttribute('data-rendered', String(drawn.length));
-      document.body.setAttribute('data-js-errors', String(errors.length));
-    });
-  }
-  try { draw(); } catch (e) { errors.push(String(e)); document.body.setAttribute('data-js-errors', String(errors.length)); }
-  scheme.addEventListener('change', draw);
-})();
-"""
-
-
-def _label(row: dict[str, Any]) -> str:
-    return f"{row['tenant_name'] or 'tenant'} {row['tenant_id'][:8]}"
-
-
-def _chart_text(value: str) -> str:
-    # plotly reads a subset of HTML in labels (<b>, <br>): a name is shown as text.
-    return html.escape(value, quote=False)
-
-
-def _figures(data: PageData) -> dict[str, Any]:
-    import plotly.graph_objects as go
-
-    rows = data.report["rows"]
-    figures: dict[str, Any] = {}
-    tenants = go.Figure(
-        go.Bar(
-            x=[_chart_text(_label(r)) for r in rows],
-            y=[float(r["total_cost_usd"] or 0) for r in rows],
-            text=[r["total_cost_usd"] or "unpriced" for r in rows],
-            texttemplate="%{y:.2f}",
-            hovertemplate="%{x}<br>%{text} USD<extra></extra>",
-        ),
-        layout={"margin": {"t": 16, "b": 80}, "yaxis": {"title": {"text": "USD"}}},
+th:first-child, td:first-child, td.text { text-align: left; white-space: nowrap; }
+td.text { max-width: 20em; overflow: hidden; text-overflow: ellipsis; }
+.scroll { overflow-x: auto; }
+td.differs { color: var(--over); font-weight: 600; }
+""".replace("LIGHT", " ".join(f"--c{i}: {c};" for i, c in enumerate(_LIGHT))).replace(
+        "DARK", " ".join(f"--c{i}: {c};" for i, c in enumerate(_DARK))
     )
-    figures["chart-tenants"] = tenants
-    daily = go.Figure(
-        layout={
-            "barmode": "stack",
-            "margin": {"t": 40},
-            "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"},
-            "xaxis": {"type": "category"},
-            "yaxis": {"title": {"text": "USD"}},
-        }
+    + "".join(
+        f".c{i} {{ fill: var(--c{i}); }} .swatch.c{i} {{ background: var(--c{i}); }}\n"
+        for i in range(PALETTE_SIZE)
     )
-    for model, by_day in sorted(data.daily.items()):
-        costs = [by_day.get(d, Decimal(0)) for d in data.days]
-        daily.add_trace(
-            go.Bar(
-                name=_chart_text(model),
-                x=[d.strftime("%b %d") for d in data.days],
-                y=[float(c) for c in costs],
-                text=[str(c) for c in costs],
-                hovertemplate=_chart_text(model) + "<br>%{x}: %{text} USD<extra></extra>",
-                textposition="none",
-            )
+)
+
+
+def json_for_script(value: Any) -> str:
+    """`value` as JSON that cannot end or alter the script element holding it: <, > and & as
+    \\u escapes (so neither "</script>" nor "<!--" can appear), and U+2028/U+2029 escaped (the
+    mapping of Django's json_script). JSON.parse of the element's text gives `value` back."""
+    text = json.dumps(value, default=str)  # ensure_ascii: U+2028 and U+2029 come out escaped
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def _script(element_id: str, value: Any) -> str:
+    return f'<script type="application/json" id="{element_id}">{json_for_script(value)}</script>'
+
+
+def _name(name: str | None, columns: int = NAME_COLUMNS) -> str:
+    """An untrusted name as HTML: isolated, cut, the whole (shown by the rule) on hover."""
+    return (
+        f'<bdi class="name" title="{full_text(name or "")}">{label_text(name or "", columns)}</bdi>'
+    )
+
+
+def _tenant(name: str | None, tenant_id: str) -> str:
+    return f'{_name(name or "tenant")} <span class="muted">{escape(tenant_id[:8])}</span>'
+
+
+def _tenants_chart(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return '<p class="muted">No usage rolled up for this month yet.</p>'
+    bars = [
+        Bar(
+            r["tenant_name"] or "tenant",
+            r["tenant_id"][:8],
+            float(r["total_cost_usd"] or 0),
+            "unpriced" if r["total_cost_usd"] is None else f"{Decimal(r['total_cost_usd']):.2f}",
+            exact="unpriced" if r["total_cost_usd"] is None else f"{r['total_cost_usd']} USD",
         )
-    figures["chart-daily"] = daily
-    if data.budgets:
-        figures["chart-budgets"] = go.Figure(
-            go.Bar(
-                orientation="h",
-                y=[
-                    _chart_text(f"{b.tenant_name or 'tenant'} {str(b.tenant_id)[:8]}")
-                    for b in data.budgets
-                ],
-                x=[float(b.used_pct) for b in data.budgets],
-                text=[f"{b.used_pct:.1f}% of {b.budget_usd} USD" for b in data.budgets],
-                marker={
-                    "color": [
-                        "#cf222e"
-                        if b.used_pct >= 100
-                        else "#bf8700"
-                        if b.used_pct >= 80
-                        else "#1a7f37"
-                        for b in data.budgets
-                    ]
-                },
-                hovertemplate="%{y}<br>%{text}<extra></extra>",
-            ),
-            layout={
-                "margin": {"t": 16},
-                "xaxis": {"title": {"text": "% of the monthly budget"}},
-                "shapes": [
-                    {
-                        "type": "line",
-                        "x0": 100,
-                        "x1": 100,
-                        "yref": "paper",
-                        "y0": 0,
-                        "y1": 1,
-                        "line": {"dash": "dot", "color": "#cf222e"},
-                    }
-                ],
-            },
+        for r in rows
+    ]
+    return hbars(bars, axis="USD")
+
+
+def _daily_chart(data: PageData) -> str:
+    if not data.days:
+        return '<p class="muted">No usage rolled up for this month yet.</p>'
+    series = [
+        (model, [by_day.get(d, Decimal(0)) for d in data.days])
+        for model, by_day in sorted(data.daily.items())
+    ]
+    return stacked_columns([d.strftime("%b %d") for d in data.days], series, axis="USD")
+
+
+def _budgets_chart(data: PageData) -> str:
+    bars = [
+        Bar(
+            b.tenant_name or "tenant",
+            str(b.tenant_id)[:8],
+            float(b.used_pct),
+            f"{b.used_pct:.1f}% of {b.budget_usd} USD",
+            "over" if b.used_pct >= 100 else "near" if b.used_pct >= 80 else "ok",
         )
-    return {k: json.loads(f.to_json()) for k, f in figures.items()}
+        for b in data.budgets
+    ]
+    return hbars(bars, axis="% of the monthly budget", reference=100.0)
 
 
-def _json_script(element_id: str, value: Any) -> str:
-    # "</" cannot end the script element early, whatever a tenant's name holds.
-    payload = json.dumps(value, default=str).replace("</", "<\\/")
-    return f'<script type="application/json" id="{element_id}">{payload}</script>'
-
-
-def _table(data: PageData) -> str:
-    cols = (
-        "tenant",
-        "api_calls",
-        "total_tokens",
-        "total_cost_usd",
-        "failed_calls",
-        "unpriced_calls",
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    cols = ("api_calls", "total_tokens", "total_cost_usd", "failed_calls", "unpriced_calls")
+    head = "<th>tenant</th>" + "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join(
+        f"<tr><td>{_tenant(r['tenant_name'], r['tenant_id'])}</td>"
+        + "".join(f"<td>{escape(str(r[c]) if r[c] is not None else 'n/a')}</td>" for c in cols)
+        + "</tr>"
+        for r in rows
     )
-    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f'<div class="scroll"><table id="report-table"><tr>{head}</tr>{body}</table></div>'
+
+
+def _number(value: object) -> Decimal | None:
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _differs(row: Mapping[str, Any]) -> bool:
+    """Whether a row drifts: by its status when it is one of reconciliation's (a match within
+    the tolerance may still differ by a token), by its figures otherwise."""
+    status = row.get("status")
+    if status in DRIFT:
+        return True
+    if status in STATUSES:
+        return False
+    metered, reported = _number(row.get("metered")), _number(row.get("reported"))
+    if metered is None or reported is None:
+        return row.get("metered") != row.get("reported")
+    return metered != reported
+
+
+def _reconciliation(
+    rows: Sequence[Mapping[str, Any]] | None,
+) -> tuple[str, list[Mapping[str, Any]]]:
+    """The "metered vs provider" section, and the rows it shows: one row per provider, day,
+    model and measure, those that drift first (highlighted), at most MAX_RECONCILIATION_ROWS."""
+    if not rows:
+        return (
+            '<p class="muted" id="reconciliation-none">No reconciliation run yet: nothing to'
+            " compare with the providers' own usage figures.</p>"
+        ), []
+    ordered = sorted(rows, key=lambda r: not _differs(r))
+    shown = list(ordered[:MAX_RECONCILIATION_ROWS])
+    differing = sum(1 for r in rows if _differs(r))
+    head = "".join(f"<th>{c}</th>" for c in RECONCILIATION_COLUMNS)
     body = []
-    for r in data.report["rows"]:
-        cells = [_label(r)] + [str(r[c]) if r[c] is not None else "n/a" for c in cols[1:]]
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f'<table id="report-table"><tr>{head}</tr>{"".join(body)}</table>'
+    for r in shown:
+        mark = ' class="differs"' if _differs(r) else ""
+        cells = [
+            f'<td class="text">{_name(_cell(r.get(c)), 40)}</td>'
+            for c in ("provider", "day", "model", "measure")
+        ]
+        cells += [f"<td{mark}>{escape(_cell(r.get(c)))}</td>" for c in ("metered", "reported")]
+        cells.append(f'<td class="text">{_name(_cell(r.get("status")), 24)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = f"{len(rows)} rows, {differing} that drift (highlighted)."
+    if len(rows) > len(shown):
+        note += f" The first {len(shown)} are shown, those that drift first."
+    return (
+        f'<p class="muted">{note}</p><div class="scroll"><table id="reconciliation-table">'
+        f"<tr>{head}</tr>{''.join(body)}</table></div>"
+    ), shown
 
 
-def render_page(data: PageData) -> str:
-    """The whole page as one HTML string."""
-    from plotly.offline import get_plotlyjs
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
 
-    figures = _figures(data)
+
+def render_page(data: PageData, reconciliation: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The whole page as one HTML string. `reconciliation` is a list of rows (dicts with
+    provider, day, model, measure, metered, reported and status) for the "metered vs
+    provider" section (worker.ledger.reconcile.latest_rows); empty or None shows that no
+    reconciliation has run."""
     rows = data.report["rows"]
     total = sum((Decimal(r["total_cost_usd"]) for r in rows if r["total_cost_usd"]), Decimal(0))
     calls = sum(int(r["api_calls"]) for r in rows)
@@ -193,32 +278,34 @@ def render_page(data: PageData) -> str:
         if data.unpriced_calls
         else '<div class="kpi" id="unpriced"><b>0</b>calls unpriced</div>'
     )
-    charts = "".join(
-        f'<h2>{title}</h2><div class="chart" id="{cid}"></div>'
-        for cid, title in (
-            ("chart-tenants", "Cost per tenant"),
-            ("chart-daily", "Cost per day, by model"),
-            ("chart-budgets", "Budgets"),
-        )
-        if cid in figures
+    budgets = (
+        f'<figure class="chart" id="chart-budgets">{_budgets_chart(data)}</figure>'
+        if data.budgets
+        else '<p class="muted">No budget set (ai-usage budget set).</p>'
     )
-    if "chart-budgets" not in figures:
-        charts += '<h2>Budgets</h2><p class="muted">No budget set (ai-usage budget set).</p>'
     month = data.month.strftime("%Y-%m")
+    matched, matched_rows = _reconciliation(reconciliation)
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<!doctype html><html lang="en" dir="ltr"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="color-scheme" content="light dark">'
-        f"<title>AI usage {month}</title><style>{_CSS}</style>"
-        f"<script>{get_plotlyjs()}</script></head>"
-        '<body data-rendered="0" data-js-errors="0">'
+        f"<title>AI usage {month}</title><style>{_CSS}</style></head><body>"
         f"<h1>AI usage, {month} (UTC)</h1>"
-        f'<p class="muted">{html.escape(scope)}; generated {data.generated_at:%Y-%m-%d %H:%M} UTC'
+        f'<p class="muted">{escape(scope)}; generated {data.generated_at:%Y-%m-%d %H:%M} UTC'
         " from the rollups.</p>"
         '<div class="kpis">'
         f'<div class="kpi"><b id="total-cost" title="{total}">{total:.2f}</b>USD, priced calls'
         "</div>"
-        f'<div class="kpi"><b id="total-calls">{calls}</b>calls</div>'
-        f"{unpriced}</div>{charts}<h2>Per tenant</h2>{_table(data)}"
-        f"{_json_script('report-data', data.report)}{_json_script('figures', figures)}"
-        f"<script>{_SCRIPT}</script></body></html>"
+        f'<div class="kpi"><b id="total-calls">{calls}</b>calls</div>{unpriced}</div>'
+        f'<h2>Cost per tenant</h2><figure class="chart" id="chart-tenants">'
+        f"{_tenants_chart(rows)}</figure>"
+        f'<h2>Cost per day, by model</h2><figure class="chart" id="chart-daily">'
+        f"{_daily_chart(data)}</figure>"
+        f"<h2>Budgets</h2>{budgets}"
+        f"<h2>Per tenant</h2>{_table(rows)}"
+        f'<h2>Metered vs provider</h2><section id="reconciliation">'
+        f"{matched}</section>"
+        f"{_script('report-data', data.report)}"
+        f"{_script('reconciliation-data', matched_rows)}"
+        "</body></html>"
     )

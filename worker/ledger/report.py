@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import uuid
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -15,6 +12,10 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, text
 
 from worker.ledger.months import next_month
+from worker.textsafe import csv_document, cut, text_table
+
+#: Columns a tenant's name is cut to in the table (the full name is in JSON and CSV).
+NAME_WIDTH = 20
 
 COLUMNS = (
     "tenant_id",
@@ -100,8 +101,10 @@ def _plain(row: ReportRow) -> dict[str, object]:
     return out
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report as `table`, `json` or `csv` text."""
+def render(report: Report, fmt: str, *, terminal: bool = False) -> str:
+    """The report as `table`, `json` or `csv` text. JSON and CSV hold the exact values (CSV
+    with text cells neutralised against formulas, see worker.textsafe.csv_document); with
+    `terminal`, CSV's text cells are shown by the table's rule instead (no raw control)."""
     if fmt == "json":
         return json.dumps(
             {
@@ -112,24 +115,26 @@ def render(report: Report, fmt: str) -> str:
             indent=2,
         )
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for r in report.rows:
-            p = _plain(r)
-            writer.writerow(["" if p[c] is None else p[c] for c in COLUMNS])
-        return buf.getvalue().rstrip("\n")
+        return csv_document(
+            COLUMNS,
+            (
+                [
+                    str(r.tenant_id),
+                    r.tenant_name,
+                    *(getattr(r, c) for c in COLUMNS[2:-1]),
+                    r.computed_at.isoformat(),
+                ]
+                for r in report.rows
+            ),
+            shown=terminal,
+        )
     return _table(report)
 
 
-def text_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: bool = True) -> str:
-    """Columns padded to their widest cell; the first left-aligned, the others right-aligned
-    when `numeric` (left otherwise)."""
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-    fmt = "  ".join(
-        f"{{:<{w}}}" if i == 0 or not numeric else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
-    return "\n".join(fmt.format(*row) for row in (header, *body))
+def tenant_label(name: str | None, tenant_id: uuid.UUID | str) -> str:
+    """A tenant as a table shows it: its name shown by the rule and cut to NAME_WIDTH
+    columns, then the first 8 characters of its id."""
+    return f"{cut(name or '', NAME_WIDTH)} {str(tenant_id)[:8]}"
 
 
 def _table(report: Report) -> str:
@@ -142,7 +147,7 @@ def _table(report: Report) -> str:
     header = ("tenant", "calls", "input", "output", "total", "cost_usd", "failed", "unpriced")
     body = [
         (
-            (r.tenant_name or "")[:20] + " " + str(r.tenant_id)[:8],
+            tenant_label(r.tenant_name, r.tenant_id),
             str(r.api_calls),
             str(r.total_input_tokens),
             str(r.total_output_tokens),

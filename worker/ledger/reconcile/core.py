@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from worker.textsafe import cut
+
 #: The providers whose usage and cost reports can be read.
 PROVIDERS = ("anthropic", "openai")
 Provider = Literal["anthropic", "openai"]
@@ -44,10 +46,10 @@ _DIMENSIONS = {
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """`text` cut to `limit` characters, control characters escaped: a provider's message
-    is shown to a human's terminal."""
-    cut = text[:limit]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    """`text` by the rule for untrusted text (worker.textsafe: controls, bidi and zero-width
+    characters as escapes), cut to `limit` columns: a provider's message is shown to a human's
+    terminal."""
+    return cut(text, limit)
 
 
 class ReconcileError(Exception):

@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+from decimal import Decimal
 
 from worker.ledger.reconcile.core import DRIFT, Row, printable
 from worker.ledger.reconcile.run import Reconciliation
-from worker.ledger.report import text_table
+from worker.textsafe import csv_document, text_table
 
 COLUMNS = ("day", "model", "measure", "metered", "reported", "status", "detail")
 
 
-def render(result: Reconciliation, fmt: str) -> str:
-    """The run as `table`, `json` or `csv` text."""
+def render(result: Reconciliation, fmt: str, *, terminal: bool = False) -> str:
+    """The run as `table`, `json` or `csv` text. CSV is the report's (worker.textsafe: text
+    cells neutralised against formulas, the figures as numbers, CRLF); with `terminal` its text
+    cells are shown by the rule for untrusted text instead of exactly."""
     if fmt == "json":
         return json.dumps(result.as_dict(), indent=2)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for row in result.rows:
-            plain = row.as_dict()
-            writer.writerow(["" if plain[c] is None else plain[c] for c in COLUMNS])
-        return buf.getvalue().rstrip("\n")
+        return csv_document(
+            COLUMNS,
+            (
+                [
+                    row.day.isoformat(),
+                    row.model,
+                    row.measure,
+                    _number(row.metered),
+                    _number(row.reported),
+                    row.status,
+                    row.detail,
+                ]
+                for row in result.rows
+            ),
+            shown=terminal,
+        )
     return _table(result)
+
+
+def _number(value: Decimal | None) -> Decimal | None:
+    # As JSON writes it (no exponent): 1E+3 is 1000 in the file too.
+    return None if value is None else Decimal(format(value, "f"))
 
 
 def _cell(value: object) -> str:
