@@ -134,18 +134,42 @@ def anthropic_saw(
         )
         if not with_cost:
             continue
-        # Two lines a call, as the report's description grouping splits them by token type.
+        # Lines by token type, as the report's description grouping splits them; web searches
+        # on a line of their own with no model ("Web Search Usage"), as the real report bills them.
         total = price(e, "anthropic")
         output = TRUE_PRICES.price_usage(
             e["model"], "anthropic", Usage(0, e["output_tokens"]), _at(e)
         )
+        web = web_search_cost(e, "anthropic")
         assert output is not None
         fake.anthropic_costs += [
             AnthropicCost(day, str(output * 100), model, token_type="output_tokens"),
             AnthropicCost(
-                day, str((total - output) * 100), model, token_type="uncached_input_tokens"
+                day, str((total - output - web) * 100), model, token_type="uncached_input_tokens"
             ),
         ]
+        if web:
+            fake.anthropic_costs.append(
+                AnthropicCost(
+                    day,
+                    str(web * 100),
+                    None,
+                    token_type=None,
+                    cost_type="web_search",
+                    description="Web Search Usage",
+                )
+            )
+
+
+def web_search_cost(event: dict[str, Any], provider: str) -> Decimal:
+    """The part of the event's cost at the provider's true price that is web searches."""
+    searches = (event.get("usage_details") or {}).get("web_searches", 0)
+    if not searches:
+        return Decimal(0)
+    usage = Usage(0, 0, 0, 0, {"web_searches": searches})
+    cost = TRUE_PRICES.price_usage(event["model"], provider, usage, _at(event))
+    assert cost is not None
+    return cost
 
 
 def openai_saw(
@@ -171,11 +195,16 @@ def openai_saw(
         )
         total = price(e, "openai")
         output = TRUE_PRICES.price_usage(e["model"], "openai", Usage(0, e["output_tokens"]), _at(e))
+        web = web_search_cost(e, "openai")
         assert output is not None
         fake.openai_costs += [
             OpenAICost(day, float(output), f"{model}, output", project_id=project_id),
-            OpenAICost(day, float(total - output), f"{model}, input", project_id=project_id),
+            OpenAICost(day, float(total - output - web), f"{model}, input", project_id=project_id),
         ]
+        if web:
+            fake.openai_costs.append(
+                OpenAICost(day, float(web), "web search tool calls", project_id=project_id)
+            )
 
 
 def _at(e: dict[str, Any]) -> dt.datetime:

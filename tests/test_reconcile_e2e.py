@@ -93,6 +93,8 @@ def test_anthropic_match_under_metered_provisional_and_scope(
     assert statuses(rows, d1.date(), SONNET_DATED) == dict.fromkeys(every, "match")
     assert statuses(rows, d1.date(), HAIKU) == dict.fromkeys(every, "match")
     assert statuses(rows, d2.date(), SONNET_DATED) == dict.fromkeys(every, "match")
+    # Web searches are billed on a line of their own: compared per day, not per model.
+    assert statuses(rows, d1.date(), "(web search)") == {"cost_usd": "match"}
     # Missed calls: under_metered on that model and those measures only.
     missed = statuses(rows, d2.date(), HAIKU)
     assert {m for m, s in missed.items() if s != "match"} == {

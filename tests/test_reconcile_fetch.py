@@ -3,8 +3,13 @@ total deadline, refused keys, null dimensions and the scope filters."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
+import gzip
+import http.server
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -102,8 +107,43 @@ def test_openai_pages_and_both_usage_endpoints(fake: FakeProviderApis) -> None:
     assert [mini["requests"], mini["input_tokens"], mini["cache_read_tokens"]] == [2, 100, 40]
     assert report.measures[(days[0], "text-embedding-3-small")]["input_tokens"] == 50
     assert len(report.cost_usd) == 33
-    # A line item that names no model is declared, not compared.
-    assert {line.label for line in report.unattributed} == {"Web search tool calls"}
+    # Web searches are billed apart from any model: compared per day, on their own.
+    assert report.unattributed == []
+    assert report.web_search_usd == dict.fromkeys(days, Decimal("0.5"))
+
+
+@pytest.mark.parametrize(
+    ("item", "model"),
+    [
+        ("gpt-4o-2024-08-06, input_tokens", "gpt-4o-2024-08-06"),
+        ("gpt-4o-mini-2024-07-18, cached input", "gpt-4o-mini-2024-07-18"),
+        ("GPT-4o, Output", "GPT-4o"),
+        # Real line items, as projects that read them record: a tier before the model,
+        # a modality after it.
+        ("priority | gpt-4o-2024-08-06, output", "gpt-4o-2024-08-06"),
+        ("priority | gpt-4.1-2025-04-14, output, long context", "gpt-4.1-2025-04-14"),
+        ("gpt-4o-audio-preview-2024-12-17 audio, input", "gpt-4o-audio-preview-2024-12-17"),
+        ("gpt-4o-mini-2024-07-18 text, cached input", "gpt-4o-mini-2024-07-18"),
+        ("Vector storage", None),
+        ("file search tool calls", None),
+    ],
+)
+def test_openai_line_items_name_their_model(
+    fake: FakeProviderApis, item: str, model: str | None
+) -> None:
+    fake.openai_costs.append(OpenAICost(FIRST, 0.125, item))
+    with ReportClient(
+        "openai", fake.openai_url, openai_reports.headers(fake.openai_key), deadline_s=30
+    ) as client:
+        report = openai_reports.fetch(client, FIRST, FIRST, Scope())
+    if model is None:
+        assert report.cost_usd == {}
+        assert [(line.label, line.amount_usd) for line in report.unattributed] == [
+            (item, Decimal("0.125"))
+        ]
+    else:
+        assert report.cost_usd == {(FIRST, model): Decimal("0.125")}
+        assert report.unattributed == []
 
 
 def test_429_waits_what_retry_after_says(fake: FakeProviderApis) -> None:
@@ -162,6 +202,74 @@ def test_a_slow_page_runs_the_deadline_out(fake: FakeProviderApis) -> None:
         anthropic_reports.fetch(client, FIRST, FIRST + dt.timedelta(days=39), Scope())
     # It gave up at the deadline instead of waiting the page out (generous bound: shared CPUs).
     assert time.monotonic() - started < 2.9
+
+
+@contextlib.contextmanager
+def serving(answer: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A local HTTP server answering every GET with `answer`; yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer(self)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_dribbled_a_byte_at_a_time_is_cut_at_the_deadline() -> None:
+    # Each read returns within the read timeout, so only a deadline over the whole answer
+    # ends it: 30 s of page at one byte every 0.1 s, against a 1.5 s deadline.
+    body = b'{"data": [], "has_more": false, "next_page": null}'.ljust(300)
+    hung_up = threading.Event()
+
+    def dribble(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        try:
+            for i in range(len(body)):
+                h.wfile.write(body[i : i + 1])
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            hung_up.set()
+
+    started = time.monotonic()
+    with (
+        serving(dribble) as url,
+        ReportClient("openai", url, {}, deadline_s=1.5) as client,
+        pytest.raises(DeadlineExceeded, match="1.5s deadline expired while the page"),
+    ):
+        openai_reports.fetch(client, FIRST, FIRST, Scope())
+    assert time.monotonic() - started < 4  # generous: shared CPUs
+    assert hung_up.wait(5)
+
+
+def test_a_compressed_page_is_read() -> None:
+    # The body is read raw against the deadline, then decoded once (gzip, as the APIs send).
+    page = {"data": [], "has_more": False, "next_page": None, "note": "\u00e9" * 500}
+    body = gzip.compress(json.dumps(page).encode())
+
+    def zipped(h: http.server.BaseHTTPRequestHandler) -> None:
+        assert "gzip" in h.headers.get("Accept-Encoding", "")
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    with serving(zipped) as url, ReportClient("anthropic", url, {}, deadline_s=5) as client:
+        assert client.get(anthropic_reports.USAGE_PATH, []) == page
 
 
 def test_server_errors_until_the_deadline(fake: FakeProviderApis) -> None:
@@ -229,6 +337,15 @@ def test_workspace_scope_and_priority_tier(fake: FakeProviderApis) -> None:
         AnthropicCost(
             FIRST, "50", None, cost_type="code_execution", description="Code Execution Usage"
         ),
+        AnthropicCost(FIRST, "2", None, cost_type="web_search", description="Web Search Usage"),
+        AnthropicCost(
+            FIRST,
+            "7",
+            None,
+            cost_type="web_search",
+            description="Web Search Usage",
+            workspace_id="wrkspc_01other",
+        ),
     ]
     with anthropic_client(fake) as client:
         report = anthropic_reports.fetch(
@@ -243,6 +360,8 @@ def test_workspace_scope_and_priority_tier(fake: FakeProviderApis) -> None:
     assert [(line.label, line.amount_usd) for line in report.unattributed] == [
         ("Code Execution Usage", Decimal("0.5"))
     ]
+    # "Web Search Usage" names no model: the day's web searches, of our workspace only.
+    assert report.web_search_usd == {FIRST: Decimal("0.02")}
     # Priority Tier usage is counted; its cost is declared missing from the cost report.
     assert report.cost_gaps == {(FIRST, "claude-opus-4-20250514"): anthropic_reports.PRIORITY_COST}
 

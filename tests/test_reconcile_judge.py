@@ -69,6 +69,33 @@ def test_alias_and_dated_id_are_one_model() -> None:
     assert {r.status for r in rows} == {"match"}
 
 
+@pytest.mark.parametrize(
+    ("provider", "ours_name", "their_name"),
+    [
+        ("anthropic", "claude-sonnet-4-0", "claude-sonnet-4-20250514"),
+        ("anthropic", "claude-opus-4-1-20250805", "claude-opus-4-1-20250805"),
+        ("openai", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14"),
+        # Newer than the price data: alias and dated id are still one model.
+        ("anthropic", "claude-nova-7", "claude-nova-7-20270301"),
+        ("openai", "gpt-9-mini-2027-02-01", "gpt-9-mini"),
+    ],
+)
+def test_a_model_is_one_row_whichever_name_each_side_uses(
+    provider: str, ours_name: str, their_name: str
+) -> None:
+    report = ProviderReport()
+    report.add(DAY, their_name, {"input_tokens": 10, "output_tokens": 5, "requests": 1})
+    report.add_cost(DAY, their_name, Decimal(1))
+    rows = judge(
+        provider,
+        {(DAY, ours_name): ours(input_tokens=10, output_tokens=5, requests=1)},
+        report,
+        JUDGING,
+    )
+    assert {r.model for r in rows} == {their_name}
+    assert {r.status for r in rows} == {"match"}
+
+
 def test_cost_alone_differing_is_a_price_mismatch_not_missed_calls() -> None:
     rows = judge(
         "anthropic",
@@ -87,6 +114,40 @@ def test_cost_alone_differing_is_a_price_mismatch_not_missed_calls() -> None:
         "under_metered",
         "under_metered",
     )
+
+
+def test_web_searches_are_judged_per_day_not_in_a_models_cost() -> None:
+    # Both reports bill web searches on a line naming no model; our rows hold them in each
+    # call's cost. Tokens cost $0.004 and $0.001, three searches $0.03 across two models.
+    report = ProviderReport()
+    for model, cost in (("gpt-4o-2024-08-06", "0.004"), ("gpt-4.1-2025-04-14", "0.001")):
+        report.add(DAY, model, {"requests": 1, "input_tokens": 10})
+        report.add_cost(DAY, model, Decimal(cost))
+    report.add_web_search(DAY, Decimal("0.03"))
+    mine = {
+        (DAY, "gpt-4o"): Metered(
+            {"requests": Decimal(1), "input_tokens": Decimal(10), "web_searches": Decimal(2)},
+            Decimal("0.024"),
+            web_search_usd=Decimal("0.02"),
+        ),
+        (DAY, "gpt-4.1"): Metered(
+            {"requests": Decimal(1), "input_tokens": Decimal(10), "web_searches": Decimal(1)},
+            Decimal("0.011"),
+            web_search_usd=Decimal("0.01"),
+        ),
+    }
+    rows = judge("openai", mine, report, JUDGING)
+    assert {r.status for r in rows} == {"match"}
+    web = [r for r in rows if r.model == "(web search)"]
+    assert [(r.measure, r.metered, r.reported) for r in web] == [
+        ("cost_usd", Decimal("0.03"), Decimal("0.03"))
+    ]
+    # Searches we did not record: the day's web search row says so, the models' costs match.
+    report.web_search_usd[DAY] = Decimal("0.05")
+    rows = judge("openai", mine, report, JUDGING)
+    assert [(r.model, r.status) for r in rows if r.status != "match"] == [
+        ("(web search)", "under_metered")
+    ]
 
 
 def test_what_a_report_cannot_cover_is_declared() -> None:

@@ -35,7 +35,12 @@ from worker.cli import main
 from worker.health.reconcile import check_reconcile
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
-from worker.ledger.reconcile import FetchError, reconcile, reconcile_configured
+from worker.ledger.reconcile import (
+    FetchError,
+    options_from_settings,
+    reconcile,
+    reconcile_configured,
+)
 from worker.settings import get_settings, load_settings
 
 SECRET = "sk-ant-admin01-THIS-MUST-NEVER-SHOW-UP"
@@ -160,6 +165,14 @@ def test_the_key_is_never_logged(
     assert "reconcile anthropic" in caplog.text and "HTTP 401" in caplog.text
     assert SECRET not in caplog.text and "wrong-but-secret" not in caplog.text
     assert "wrong-but-secret" not in dump_reconcile_tables(db)
+
+
+def test_a_runs_options_never_show_the_key() -> None:
+    # A traceback with locals, or a log line of the options, prints their repr.
+    settings = load_settings(ANTHROPIC_ADMIN_API_KEY="sk-ant-admin01-shown-nowhere")
+    options = options_from_settings(settings, "anthropic")
+    assert options.admin_key == "sk-ant-admin01-shown-nowhere"
+    assert "shown-nowhere" not in repr(options) and "shown-nowhere" not in str(options)
 
 
 def test_check_warns_while_a_judged_day_drifts(

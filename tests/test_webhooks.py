@@ -36,7 +36,13 @@ from tests.test_budgets import Sent, spend
 from worker.cli import main as cli
 from worker.client.errors import ConfigError
 from worker.ledger import webhooks
-from worker.ledger.alerts import Webhook, check_budgets, deliver_due, list_alerts
+from worker.ledger.alerts import (
+    Webhook,
+    check_budgets,
+    deliver_due,
+    list_alerts,
+    redeliver_failed,
+)
 from worker.ledger.budgets import set_budget
 from worker.ledger.ingest import write_batch
 from worker.ledger.pricing import Pricer
@@ -143,6 +149,36 @@ def test_https_to_a_plain_http_receiver_is_a_failed_attempt(
     one_alert(db)
     error = deliver_once(db, hook.url.replace("http://", "https://"))["webhook_error"]
     assert "SSL" in error
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("http://[::1]/hooks", ("::1", 80)),
+        ("https://[2001:db8::1]/hooks", ("2001:db8::1", 443)),
+        ("http://[::1]:8080/hooks", ("::1", 8080)),
+        ("https://hooks.example.com/x", ("hooks.example.com", 443)),
+    ],
+)
+def test_an_ipv6_literal_without_a_port_goes_to_the_scheme_port(
+    url: str, target: tuple[str, int]
+) -> None:
+    # http.client reads a port from a bare host itself: `::1` was host `:`, port 1.
+    conn = webhooks.connection(url, 1.0)
+    assert (conn.host, conn.port) == target
+
+
+def test_an_ipv6_receiver_gets_the_signed_post(receivers: list[rx.Receiver]) -> None:
+    try:
+        hook = rx.Receiver(rx.status(204), host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    receivers.append(hook)
+    body = b'{"ipv6": true}'
+    headers = webhooks.signed_headers(SECRET, "msg_ipv6", body)
+    assert webhooks.post(hook.url, body, headers, 2.0) == webhooks.Attempt(True, 204, None)
+    [got] = hook.requests
+    assert got.body == body and got.headers["host"] == f"[::1]:{hook.port}"
 
 
 def test_a_dribbler_is_cut_at_the_deadline(db: Engine, receivers: list[rx.Receiver]) -> None:
@@ -404,6 +440,40 @@ def test_a_run_takes_up_an_alert_left_sending_by_a_dead_process(
     assert list_alerts(db)[0]["webhook_status"] == "sent"
     check_budgets(db, Sent(), lambda: owed.append(True))
     assert owed == [True]  # nothing owed now: no run scheduled
+
+
+def test_a_long_redelivery_claims_one_alert_at_a_time(
+    db: Engine, receivers: list[rx.Receiver]
+) -> None:
+    # `budget redeliver` works through the failed alerts one by one (attempts and backoff
+    # each): one claimed the lot, and those it had not reached yet stayed `sending` past the
+    # stuck limit, where a delivery run took them too (two POSTs at once) and `ai-usage check`
+    # called them stuck. While it POSTs one alert, the others stay `failed`.
+    seen: list[list[str]] = []
+
+    def respond(conn: Any, r: rx.Receiver) -> None:
+        with db.connect() as c:
+            seen.append(
+                sorted(
+                    c.execute(text("SELECT webhook_status FROM ai_usage_budget_alerts")).scalars()
+                )
+            )
+        rx.status(204)(conn, r)
+
+    hook = receiver(receivers, respond)
+    for name in ("a", "b", "c"):
+        tenant = make_tenant(db, name)
+        set_budget(db, tenant, Decimal(1), [50])
+        spend(db, tenant, 0.75)
+    check_budgets(db, Sent(), lambda: None)
+    with db.begin() as conn:
+        conn.execute(text("UPDATE ai_usage_budget_alerts SET webhook_status = 'failed'"))
+    assert redeliver_failed(db, Webhook(hook.url, SECRET)) == (3, 0)
+    assert seen == [
+        ["failed", "failed", "sending"],
+        ["failed", "sending", "sent"],
+        ["sending", "sent", "sent"],
+    ]
 
 
 def doc_examples() -> list[str]:

@@ -37,9 +37,12 @@ class Receiver:
     gate: threading.Event = field(default_factory=threading.Event)
     #: False: answer at once, without reading a request (a plain server meeting a TLS hello).
     read_first: bool = True
+    #: The address listened on (`::1`: an IPv6 literal in the URL).
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._listener = socket.create_server((self.host, 0), family=family)
         self._listener.settimeout(0.2)
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
@@ -48,7 +51,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/alerts"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/hooks/alerts"
 
     def _serve(self) -> None:
         while not self._stop.is_set():

@@ -90,9 +90,15 @@ SELECT EXISTS (SELECT 1 FROM ai_usage_budget_alerts
     WHERE (webhook_status = 'pending' AND COALESCE(webhook_at, created_at)
            < now() - interval '1 minute') OR ({_STUCK}))
 """
+_FAILED = """
+SELECT id FROM ai_usage_budget_alerts
+WHERE webhook_status = 'failed' AND (CAST(:tenant AS uuid) IS NULL OR tenant_id = :tenant)
+ORDER BY created_at, id
+"""
+# One at a time: an alert is `sending` only while it is being delivered (see redeliver_failed).
 _CLAIM_FAILED = f"""
 UPDATE ai_usage_budget_alerts SET webhook_status = 'sending', webhook_at = now()
-WHERE webhook_status = 'failed' AND (CAST(:tenant AS uuid) IS NULL OR tenant_id = :tenant)
+WHERE id = :id AND webhook_status = 'failed'
 RETURNING {", ".join(COLUMNS)}
 """
 _DONE = """
@@ -278,13 +284,19 @@ def redeliver_failed(engine: Engine, webhook: Webhook, tenant: Any = None) -> tu
     keeps its `webhook-id` and is signed with a fresh timestamp. Failed deliveries wait for
     this, after the receiver is mended, rather than being retried at every rollup, which
     would POST to a broken receiver every interval, forever."""
-    with engine.begin() as conn:
-        rows = [
-            dict(zip(COLUMNS, r, strict=True))
-            for r in conn.execute(text(_CLAIM_FAILED), {"tenant": tenant})
-        ]
-    failed = 0
-    for row in rows:
+    with engine.connect() as conn:
+        ids = list(conn.execute(text(_FAILED), {"tenant": tenant}).scalars())
+    tried = failed = 0
+    for alert_id in ids:
+        # Claimed as it comes up, not all at first: a redelivery of many alerts to a receiver
+        # still broken outlasts STUCK_AFTER, and alerts claimed but not yet reached would be
+        # taken by a delivery run as left by a dead process (POSTed twice, at once).
+        with engine.begin() as conn:
+            claimed = conn.execute(text(_CLAIM_FAILED), {"id": alert_id}).one_or_none()
+        if claimed is None:  # redelivered meanwhile by another `budget redeliver`
+            continue
+        row = dict(zip(COLUMNS, claimed, strict=True))
+        tried += 1
         body = json.dumps(payload(row), sort_keys=True).encode()
         outcome = webhooks.deliver(
             webhook.url, webhook.secret, _webhook_id(row), body, webhook.attempts, webhook.timeout_s
@@ -303,7 +315,7 @@ def redeliver_failed(engine: Engine, webhook: Webhook, tenant: Any = None) -> tu
         if not outcome.ok:
             failed += 1
             _log_outcome(row, "failed", outcome.error, 0.0)
-    return len(rows), failed
+    return tried, failed
 
 
 def list_alerts(

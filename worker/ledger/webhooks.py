@@ -136,6 +136,20 @@ class _HTTPSConnection(http.client.HTTPSConnection):
             raise TimeoutError("deadline passed while connecting")
 
 
+def connection(url: str, deadline_s: float) -> _HTTPConnection | _HTTPSConnection:
+    """The (unopened) connection to a checked webhook URL's host and port."""
+    parts = urlsplit(url)
+    https = parts.scheme.lower() == "https"
+    # The port always given: with none, http.client reads one from the host itself, and an
+    # IPv6 literal's last group is taken for it (`[::1]` became host `:` port 1).
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
+    if https:
+        return _HTTPSConnection(
+            host, port, timeout=deadline_s, context=ssl.create_default_context()
+        )
+    return _HTTPConnection(host, port, timeout=deadline_s)
+
+
 def post(url: str, body: bytes, headers: dict[str, str], deadline_s: float) -> Attempt:
     """One POST of `body` to `url`, over within `deadline_s` seconds whatever the receiver does.
     Every way it can fail (refused, reset, TLS, a malformed or oversized answer, a redirect, the
@@ -144,13 +158,7 @@ def post(url: str, body: bytes, headers: dict[str, str], deadline_s: float) -> A
     if problem:
         return Attempt(False, None, f"refused URL: {problem}")
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port
-    conn: _HTTPConnection | _HTTPSConnection
-    if parts.scheme.lower() == "https":
-        context = ssl.create_default_context()
-        conn = _HTTPSConnection(host, port, timeout=deadline_s, context=context)
-    else:
-        conn = _HTTPConnection(host, port, timeout=deadline_s)
+    conn = connection(url, deadline_s)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     outcome: list[int | BaseException] = []
 

@@ -137,7 +137,10 @@ def _cost(
                 # "Cost amount in lowest currency units (e.g. cents) as a decimal string".
                 usd = amount(what, f"{path}.amount", result.get("amount")) / Decimal(100)
                 model = text_field(what, path, result, "model")
-                if model:
+                if text_field(what, path, result, "cost_type") == "web_search":
+                    # "Web Search Usage": a line of its own, not in any model's cost.
+                    report.add_web_search(day, usd)
+                elif model:
                     report.add_cost(day, model, usd)
                 else:
                     label = (

@@ -56,6 +56,7 @@ def judge(
             into.values[name] = into.values.get(name, Decimal(0)) + value
         into.cost_usd += figures.cost_usd
         into.unpriced += figures.unpriced
+        into.web_search_usd += figures.web_search_usd
     theirs: dict[tuple[dt.date, str], dict[str, Decimal]] = {}
     cost: dict[tuple[dt.date, str], Decimal] = {}
     gaps: dict[tuple[dt.date, str], str] = {}
@@ -87,17 +88,21 @@ def judge(
             status: Status = "match" if judging.within(m, r) else _direction(m, r)
             quantities_match = quantities_match and status == "match"
             rows.append(Row(day, model, measure, m, r, "provisional" if wait else status))
+        # A model's cost without its web searches: the reports bill them on a line of their
+        # own (judged per day below), so leaving them in read as a price mismatch.
+        tokens_only = Metered(mine.values, mine.cost_usd - mine.web_search_usd, mine.unpriced)
         rows.append(
             _cost_row(
                 day,
                 model,
-                mine,
+                tokens_only,
                 cost.get(key, Decimal(0)),
                 report.cost_gap_all or gaps.get(key),
                 quantities_match,
                 judging,
             )
         )
+    rows += _web_search_rows(ours, report, judging)
     for line in report.unattributed:
         rows.append(
             Row(
@@ -151,3 +156,38 @@ def _cost_row(
             "quantities match: our price differs from the provider's",
         )
     return Row(day, model, "cost_usd", mine.cost_usd, reported, _direction(mine.cost_usd, reported))
+
+
+#: The model column of the web search rows: both reports bill searches apart from any model.
+WEB_SEARCH = "(web search)"
+
+
+def _web_search_rows(
+    ours: dict[tuple[dt.date, str], Metered], report: ProviderReport, judging: Judging
+) -> list[Row]:
+    """Per UTC day: the cost of our web searches, over every model, against the report's own
+    web search line."""
+    mine: dict[dt.date, Decimal] = {}
+    for (day, _), figures in ours.items():
+        if figures.web_search_usd:
+            mine[day] = mine.get(day, Decimal(0)) + figures.web_search_usd
+    rows = []
+    for day in sorted(set(mine) | set(report.web_search_usd)):
+        m, r = mine.get(day, Decimal(0)), report.web_search_usd.get(day, Decimal(0))
+        status: Status = "match" if judging.within(m, r, COST_FLOOR_USD) else _direction(m, r)
+        if report.cost_gap_all is not None:
+            rows.append(
+                Row(day, WEB_SEARCH, "cost_usd", m, None, "not_covered", report.cost_gap_all)
+            )
+            continue
+        rows.append(
+            Row(
+                day,
+                WEB_SEARCH,
+                "cost_usd",
+                m,
+                r,
+                "provisional" if judging.provisional(day) else status,
+            )
+        )
+    return rows

@@ -157,6 +157,8 @@ class ProviderReport:
     cost_gaps: dict[tuple[dt.date, str], str] = field(default_factory=dict)
     #: Why no cost of this run can be compared (a scope the cost report cannot apply).
     cost_gap_all: str | None = None
+    #: Web search cost by UTC day: both reports bill it on a line of its own, with no model.
+    web_search_usd: dict[dt.date, Decimal] = field(default_factory=dict)
     unattributed: list[CostLine] = field(default_factory=list)
     raw: list[RawResult] = field(default_factory=list)
 
@@ -167,6 +169,9 @@ class ProviderReport:
 
     def add_cost(self, day: dt.date, model: str, usd: Decimal) -> None:
         self.cost_usd[(day, model)] = self.cost_usd.get((day, model), Decimal(0)) + usd
+
+    def add_web_search(self, day: dt.date, usd: Decimal) -> None:
+        self.web_search_usd[day] = self.web_search_usd.get(day, Decimal(0)) + usd
 
     def add_unattributed(self, day: dt.date, label: str, usd: Decimal, reason: str) -> None:
         for line in self.unattributed:

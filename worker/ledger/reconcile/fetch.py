@@ -99,9 +99,7 @@ class ReportClient:
                 )
             self.attempts += 1
             try:
-                response = self._http.get(
-                    self.base_url + path, params=list(params), timeout=min(REQUEST_TIMEOUT_S, left)
-                )
+                response = self._read(what, path, params, left)
             except httpx2.TimeoutException:
                 problem, wait = "timed out", None
             except httpx2.TransportError as exc:
@@ -124,6 +122,30 @@ class ReportClient:
                 )
             self.waits.append(wait)
             self._sleep(wait)
+
+    def _read(self, what: str, path: str, params: Params, left: float) -> httpx2.Response:
+        """One GET, its body read in chunks against the deadline: httpx2's timeout bounds
+        each read, so a server sending a byte at a time would hold the page for as long as
+        it liked."""
+        timeout = min(REQUEST_TIMEOUT_S, left)
+        with self._http.stream(
+            "GET", self.base_url + path, params=list(params), timeout=timeout
+        ) as response:
+            chunks = []
+            for chunk in response.iter_raw():
+                chunks.append(chunk)
+                if self._clock() >= self._deadline:
+                    raise DeadlineExceeded(
+                        f"{what}: the {self.deadline_s:g}s deadline expired while the page"
+                        " was still arriving"
+                    )
+            # The body as received (still compressed, if it was): decoded once, by .json().
+            return httpx2.Response(
+                response.status_code,
+                headers=response.headers,
+                content=b"".join(chunks),
+                request=response.request,
+            )
 
 
 def retry_after(response: httpx2.Response) -> float | None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
 from worker.ledger.months import day_bounds
+from worker.ledger.pricing import Pricer, default_pricer
+from worker.ledger.usage import PricingError, Usage
 
 # Cache writes: usage_details carries the 5m / 1h split when the SDK reported one; a write
 # with no split is a 5-minute write (Anthropic's default TTL), as pricing reads it.
@@ -58,12 +61,19 @@ class Metered:
     cost_usd: Decimal = Decimal(0)
     #: Calls with no known price: their cost is missing from cost_usd.
     unpriced: int = 0
+    #: The part of cost_usd that is web searches (the providers bill it apart from models).
+    web_search_usd: Decimal = Decimal(0)
 
 
 def load_metered(
-    conn: Connection, provider: str, first: dt.date, last: dt.date
+    conn: Connection,
+    provider: str,
+    first: dt.date,
+    last: dt.date,
+    pricer: Pricer | None = None,
 ) -> dict[tuple[dt.date, str], Metered]:
-    """Our rows of `provider` over [first, last] (UTC days), by (day, model)."""
+    """Our rows of `provider` over [first, last] (UTC days), by (day, model); the web search
+    part of their cost priced by `pricer` (the process's own, overrides included)."""
     start, end = day_bounds(first, last)
     out: dict[tuple[dt.date, str], Metered] = {}
     rows = conn.execute(text(_SQL), {"start": start, "end": end, "provider": provider})
@@ -75,6 +85,17 @@ def load_metered(
             into.values[name] = into.values.get(name, Decimal(0)) + Decimal(value or 0)
         into.cost_usd += Decimal(cost or 0)
         into.unpriced += int(unpriced)
+    pricer = pricer or default_pricer()
+    for (day, model), figures in out.items():
+        searches = int(figures.values.get("web_searches", 0))
+        if searches:
+            noon = dt.datetime.combine(day, dt.time(12), dt.UTC)
+            usage = Usage(0, 0, 0, 0, {"web_searches": searches})
+            try:
+                web = pricer.price_usage(model, provider, usage, noon)
+            except PricingError:  # an override that cannot price searches: none to take out
+                web = None
+            figures.web_search_usd = web or Decimal(0)
     return out
 
 
@@ -92,6 +113,12 @@ def provider_model_id(model: str, provider: str) -> str | None:
     return str(info.id)
 
 
+# A snapshot's date at the end of its id: Anthropic's `-20250514`, OpenAI's `-2024-08-06`.
+_DATED = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
 def model_key(model: str, provider: str) -> str:
-    """What both sides are matched on: the price entry, else the lower-case name."""
-    return provider_model_id(model, provider) or model.lower()
+    """What both sides are matched on: the price entry, else the lower-case name without its
+    snapshot date (a model newer than genai-prices' data is still one model whether a row
+    names its alias or the provider reports its dated id)."""
+    return provider_model_id(model, provider) or _DATED.sub("", model.lower())

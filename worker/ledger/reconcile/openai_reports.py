@@ -3,16 +3,20 @@
 
 OpenAI's input_tokens already counts cached input (as ours does); input_cached_tokens is our
 cache_read_tokens; num_model_requests is requests. Costs come in dollars (`amount.value`) per
-`line_item`; the line item's text is not specified by the reference: it is read as
-`<model>, <kind>` (`gpt-4o-mini-2024-07-18, input`, as OpenAI's cookbook shows), and a line
-item whose first part is not a model genai-prices knows (web search, file search, fine-tuning,
-...) is declared `not_covered`, never compared.
+`line_item`. The reference gives the line item's text only by example (`gpt-6.2-astra,
+input_tokens`, in the SDK's `line_items` filter); real reports, as projects that read them
+record, also prefix a service tier (`priority | gpt-5-2025-08-07, output, long context`) and
+follow the model with a modality (`gpt-audio-mini-2025-10-06 audio, input`,
+`gpt-image-1 text, cached input`). The model is read from the first part with both taken off;
+a line item whose model genai-prices does not know (web search, file search, fine-tuning, ...)
+is declared `not_covered`, never compared.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 
 from worker.ledger.pricing import find_model
 from worker.ledger.reconcile.core import ProviderReport, RawResult, Scope, printable
@@ -126,17 +130,26 @@ def _costs(
                 usd = amount(what, f"{path}.amount.value", money.get("value", 0))
                 item = text_field(what, path, result, "line_item") or "(no line item)"
                 model = line_item_model(item)
-                if model is None:
+                if item.lower().startswith("web search"):
+                    # "web search tool calls": a line of its own, not in any model's cost.
+                    report.add_web_search(day, usd)
+                elif model is None:
                     report.add_unattributed(day, item, usd, "line item names no known model")
                 else:
                     report.add_cost(day, model, usd)
 
 
+# `priority | ` (or another tier) before the model; ` audio` (a modality) after it.
+_TIER = re.compile(r"^[a-z_-]+\s*\|\s*", re.IGNORECASE)
+_MODALITY = re.compile(r"\s+(?:audio|text|image|video)$", re.IGNORECASE)
+
+
 @functools.lru_cache(maxsize=1024)
 def line_item_model(item: str) -> str | None:
-    """The model a cost line item is for (`gpt-4o-2024-08-06, input` -> `gpt-4o-2024-08-06`),
-    or None when its first part is not a model genai-prices knows at OpenAI."""
-    head = item.split(",", 1)[0].strip()
+    """The model a cost line item is for (`gpt-4o-2024-08-06, input`, `priority |
+    gpt-4o-2024-08-06, output` and `gpt-4o-audio-preview-2024-12-17 audio, input` -> the
+    model), or None when that is not a model genai-prices knows at OpenAI."""
+    head = _MODALITY.sub("", _TIER.sub("", item.split(",", 1)[0].strip()))
     if not head or find_model(head.lower(), "openai") is None:
         return None
     return head

@@ -39,7 +39,8 @@ MAX_DAYS = 92
 class Options:
     """What a run needs besides the range: the key, where to ask, how to judge."""
 
-    admin_key: str
+    #: Never in the repr (a traceback with locals, a log line of the options).
+    admin_key: str = field(repr=False)
     base_url: str
     scope: Scope = field(default_factory=Scope)
     tolerance_pct: Decimal = Decimal("0.5")
