@@ -1,0 +1,146 @@
+"""What the pydantic_ai, openai_agents, llamaindex and otel integrations share: a `CallUsage` from
+counts already in genai-prices' convention, a framework's provider name as genai-prices' id, and
+recording one model request without ever raising into the application.
+
+Nothing here imports a framework; genai-prices is imported on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from worker.client.responses import TOKEN_KEYS, CallUsage
+from worker.client.tracker import warn_once
+
+if TYPE_CHECKING:
+    from worker.client.publisher import UsageClient
+
+log = logging.getLogger(__name__)
+
+#: The model of a request that names none and for which none was given (stored unpriced).
+UNKNOWN_MODEL = "unknown"
+
+#: Event fields a hook's caller may give (as defaults, or from the run's context).
+Fields = Mapping[str, Any]
+#: A function from the framework's run context (deps, context.context, ...) to event fields.
+FieldsOf = Callable[[Any], Fields | None]
+
+
+@functools.cache
+def priced_keys() -> frozenset[str]:
+    """Every usage key genai-prices prices (its unit registry), `requests` aside (it counts one
+    per call itself)."""
+    from genai_prices.data_units import unit_data
+
+    return frozenset(unit_data) - {"requests"}
+
+
+def call_usage(values: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
+    """A CallUsage from counts already in genai-prices' convention (input counts the cache):
+    the four token fields, and every other key genai-prices prices, non-zero, as a detail."""
+    keys = priced_keys()
+    counts = {
+        k: v
+        for k, v in values.items()
+        if k in keys and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    }
+    tokens = {k: int(counts.pop(k, 0)) for k in TOKEN_KEYS}
+    return CallUsage(**tokens, usage_details=counts, model=model, provider=provider)
+
+
+@functools.lru_cache(maxsize=256)
+def provider_id(name: str | None) -> str | None:
+    """genai-prices' id for a framework's provider name (`google-gla` -> `google`, `bedrock` ->
+    `aws`), by genai-prices' own matching; the name itself, lower-cased, when it knows none."""
+    if not name:
+        return None
+    from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
+
+    found = find_provider_by_id(get_snapshot().providers, name)
+    return found.id if found is not None else name.strip().lower()
+
+
+def context_fields(fields_of: FieldsOf | None, context: Any, what: str) -> dict[str, Any]:
+    """`fields_of(context)` as a dict; {} (and one warning) when it raises or gives no mapping:
+    the application's call has succeeded by then and must not see our error."""
+    if fields_of is None:
+        return {}
+    try:
+        found = fields_of(context)
+    except Exception as exc:
+        warn_once(f"fields:{what}", "the fields function of %s raised %r: defaults used", what, exc)
+        return {}
+    if found is None:
+        return {}
+    if not isinstance(found, Mapping):
+        warn_once(
+            f"fields-type:{what}",
+            "the fields function of %s returned a %s, not a mapping of event fields",
+            what,
+            type(found).__name__,
+        )
+        return {}
+    return dict(found)
+
+
+def record(
+    usage: UsageClient,
+    found: CallUsage | None,
+    fields: Fields,
+    *,
+    failed: bool = False,
+    duration_ms: int | None = None,
+    what: str,
+) -> None:
+    """Record one model request: the fields given win over what was read (as with
+    `track_usage`); never raises (a bad field is logged, naming it)."""
+    try:
+        values = {k: v for k, v in fields.items() if v is not None}
+        if found is not None:
+            for key, value in found.event_fields().items():
+                values.setdefault(key, value)
+            if found.provider is not None:
+                values.setdefault("provider", found.provider)
+        else:
+            values.setdefault("input_tokens", 0)
+            values.setdefault("output_tokens", 0)
+        if "model" not in values:
+            values["model"] = (found.model if found is not None else None) or UNKNOWN_MODEL
+            if values["model"] == UNKNOWN_MODEL:
+                warn_once(
+                    f"model:{what}",
+                    "%s names no model: recorded as model %r (unpriced); pass model=...",
+                    what,
+                    UNKNOWN_MODEL,
+                )
+        if duration_ms is not None:
+            values.setdefault("duration_ms", duration_ms)
+        values["success"] = "failure" if failed else "success"
+        usage.record(**values)
+    except Exception:
+        log.exception("could not record the usage of a model request (%s)", what)
+
+
+class Hook:
+    """What a framework hook keeps: the client, the function from the run's context to event
+    fields, and the default fields (used for what that function leaves out)."""
+
+    #: What the hook reads, for log lines.
+    what = "a framework's model response"
+
+    def __init__(
+        self, usage: UsageClient, *, fields: FieldsOf | None = None, **defaults: Any
+    ) -> None:
+        self._usage = usage
+        self._fields = fields
+        self._defaults = defaults
+
+    def record_request(
+        self, found: CallUsage | None, context: Any, *, duration_ms: int | None
+    ) -> None:
+        """Record one model request of a run whose context is `context`; never raises."""
+        fields = {**self._defaults, **context_fields(self._fields, context, self.what)}
+        record(self._usage, found, fields, duration_ms=duration_ms, what=self.what)
