@@ -70,7 +70,12 @@ class UsageTracker:
         return response
 
     def feed(self, item: Any) -> None:
-        """Read one response, event or chunk; never raises."""
+        """Read one response, event or chunk (or a list of them: a framework's conversation,
+        each of its model responses a request); never raises."""
+        if isinstance(item, list | tuple):
+            for each in item:
+                self.feed(each)
+            return
         if len(self._seen) < 4:
             self._seen[type_name(item)] = None
         if item is None or isinstance(item, str | bytes | int | float):

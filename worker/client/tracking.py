@@ -74,6 +74,11 @@ class TrackedCall:
         self._started = time.perf_counter()
         return self.tracker
 
+    def default(self, **fields: Any) -> None:
+        """Set fields the call was not given (an integration's fallback model, say)."""
+        for key, value in fields.items():
+            self._fields.setdefault(key, value)
+
     def __enter__(self) -> UsageTracker:
         return self.start()
 
@@ -135,7 +140,7 @@ class TrackedCall:
             return
         hint = (
             "; stream with stream_options={'include_usage': True}"
-            if "ChatCompletionChunk" in what
+            if "ChatCompletionChunk" in what or "ModelResponseStream" in what
             else ""
         )
         warn_once(

@@ -1,0 +1,38 @@
+"""Fixtures of the conformance suite (`make test-integrations`): one real worker for the run,
+and for each test a tenant of its own and a sync-mode UsageClient publishing to that worker's
+Redis. The database, Redis and worker fixtures are the main suite's (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from tests.conftest import WorkerProcess, make_tenant
+from tests.integrations.support import Case
+from worker.client import UsageClient
+
+
+@pytest.fixture(scope="session")
+def running_worker(
+    _environment: None, database_url: str, redis_url: str, tmp_root: Path
+) -> Iterator[WorkerProcess]:
+    """One real worker for the whole run: each test isolates by its own tenant (no table is
+    emptied, no Redis db flushed under the running worker)."""
+    env = {**os.environ, "AI_USAGE_BATCH_MAX_WAIT_MS": "100"}
+    worker = WorkerProcess(env, tmp_root / "integrations-worker.log").start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def case(running_worker: WorkerProcess, engine: Engine, redis_url: str) -> Iterator[Case]:
+    """A tenant of its own and a sync-mode client publishing to the running worker."""
+    tenant: uuid.UUID = make_tenant(engine, f"conformance-{uuid.uuid4().hex[:8]}")
+    usage = UsageClient(broker_url=redis_url, mode="sync")
+    yield Case(tenant, usage, engine)
+    usage.close()
