@@ -14,7 +14,8 @@ the run's `deps` through the function given, over the defaults.
 
 Mapping: pydantic-ai's `RequestUsage` is already in genai-prices' convention (it implements
 genai-prices' `AbstractUsage`): `input_tokens` counts the cache, `cache_read_tokens`,
-`cache_write_tokens` and `cache_write_1h_tokens` are parts of it; every other key genai-prices
+`cache_write_tokens` and `cache_write_1h_tokens` are parts of it (for Anthropic, the rest of the
+writes are reported as `cache_write_5m_tokens`, as genai-prices does); every other key genai-prices
 prices (reasoning, audio, web searches...) goes to usage_details. The model is the response's
 `model_name`; the provider its `provider_name`, as genai-prices' id (`google-gla` -> `google`).
 
@@ -49,7 +50,14 @@ __all__ = ["UsageCapability", "read"]
 def usage_of(usage: RequestUsage | RunUsage, model: str | None, provider: str | None) -> CallUsage:
     """A pydantic-ai usage as a CallUsage (it is in genai-prices' convention already)."""
     # Provider-specific counters (web_searches, ...) are instance attributes beside the fields.
-    return call_usage(vars(usage), model, provider_id(provider))
+    values = dict(vars(usage))
+    known = provider_id(provider)
+    writes, hour = values.get("cache_write_tokens") or 0, values.get("cache_write_1h_tokens") or 0
+    if known == "anthropic" and writes > hour:
+        # pydantic-ai keeps the 1-hour part; the rest are 5-minute writes, which genai-prices'
+        # Anthropic extractor reports as such (the same price either way, the same row).
+        values["cache_write_5m_tokens"] = writes - hour
+    return call_usage(values, model, known)
 
 
 def _requests(responses: Iterable[Any]) -> list[CallUsage]:
