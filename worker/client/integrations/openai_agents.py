@@ -19,8 +19,11 @@ to hooks or results: give the same `model=` to `UsageHooks` (fields given win ov
 Mapping: the SDK's `Usage` follows the Responses API (whatever the model's API):
 `input_tokens` counts the cache, `input_tokens_details.cached_tokens` /
 `.cache_write_tokens` are parts of it, `output_tokens_details.reasoning_tokens` part of the
-output; genai-prices' Responses extractor maps it. The SDK keeps no 5m/1h split of cache writes:
-they are priced at the 5-minute rate.
+output; genai-prices' Responses extractor maps it. The SDK keeps no 5m/1h split of Anthropic's
+cache writes (through `LitellmModel`): they are recorded and priced as 5-minute writes. For 1-hour
+writes, meter those calls with `worker.client.integrations.litellm.UsageLogger` instead (LiteLLM's
+own callback sees the split). A streamed LiteLLM or chat model reports usage only with
+`ModelSettings(include_usage=True)` (the OpenAI client's default).
 
 `read()`: a `RunResult` (or a finished `RunResultStreaming`) gives one entry per entry of
 `raw_responses`, each with the model of the agent that made it; the events of `stream_events()`
@@ -114,7 +117,11 @@ def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
         "output_tokens_details": {"reasoning_tokens": get(outputs, "reasoning_tokens") or 0},
     }
     found = extract(Piece("openai", "responses", wire, model))
-    return dataclasses.replace(found, provider=provider)
+    details = dict(found.usage_details)
+    if provider == "anthropic" and found.cache_write_tokens:
+        # The SDK keeps no TTL split: the writes are priced as (and said to be) 5-minute ones.
+        details["cache_write_5m_tokens"] = found.cache_write_tokens
+    return dataclasses.replace(found, provider=provider, usage_details=details)
 
 
 def _agents_of(result: RunResult | RunResultStreaming) -> list[Any]:
@@ -157,9 +164,13 @@ def _is_completed(event: RawResponsesStreamEvent) -> bool:
 
 def _completed(event: RawResponsesStreamEvent, agent: Any) -> CallUsage:
     response = get(event.data, "response")
-    named = get(response, "model")
-    model, provider = agent_model(getattr(agent, "model", None)) if agent else (None, None)
-    return usage_of(get(response, "usage"), named or model, provider)
+    model, provider = agent_model(agent.model) if agent is not None else (None, None)
+    if model is None:
+        # No agent seen: the response's own name (a LiteLLM route names its provider too).
+        named = get(response, "model")
+        if isinstance(named, str) and named:
+            model, provider = _routed(named) if "/" in named else (named, provider)
+    return usage_of(get(response, "usage"), model, provider)
 
 
 class AgentsStream:
