@@ -12,6 +12,27 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+# LiteLLM fetches its model cost map from GitHub when imported: no test touches the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+#: Warnings the frameworks give of themselves (the suite runs with filterwarnings=error, so a
+#: warning of ours, or an unexpected one of theirs, still fails a test).
+FRAMEWORK_WARNINGS = (
+    # LiteLLM's own TypedDicts, built into pydantic models when its modules are imported.
+    "ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning",
+    # LiteLLM's streaming handler reads pydantic's deprecated instance attributes.
+    "ignore::DeprecationWarning:litellm.*",
+    "ignore:Accessing the 'model_computed_fields' attribute on the instance:DeprecationWarning",
+    "ignore:Accessing the 'model_fields' attribute on the instance:DeprecationWarning",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in FRAMEWORK_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
+
 from tests.conftest import WorkerProcess, make_tenant
 from tests.integrations.support import Case
 from worker.client import UsageClient

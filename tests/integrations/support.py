@@ -92,6 +92,17 @@ class Replay:
 
         return httpx.AsyncClient(transport=httpx.MockTransport(handle))
 
+    def atransport(self) -> httpx.MockTransport:
+        """An async httpx transport (for clients that take a transport, not a client)."""
+
+        async def handle(request: httpx.Request) -> httpx.Response:
+            status, body, kind = self.answer(
+                request.method, str(request.url), await request.aread()
+            )
+            return httpx.Response(status, content=body, headers={"content-type": kind})
+
+        return httpx.MockTransport(handle)
+
     def httpx2(self) -> httpx2.Client:
         def handle(request: httpx2.Request) -> httpx2.Response:
             status, body, kind = self.answer(request.method, str(request.url), request.read())
@@ -164,7 +175,7 @@ def price(t: Truth, at: Any) -> float:
 def compare(row: Mapping[str, Any], t: Truth) -> None:
     """Assert that `row` is the request `t`: every token column, every usage detail, model,
     provider, success, and its cost to 1e-9 USD."""
-    where = f"row {row['operation']} {row['model']}"
+    where = f"row {dict(row)} vs {t}"
     assert row["success"] == t.success, where
     assert (row["model"], row["provider"] or "") == (t.model, t.provider), where
     assert {k: row[k] for k in TOKENS} == {k: t.usage.get(k, 0) for k in TOKENS}, where

@@ -65,6 +65,7 @@ class UsageTracker:
         iterate the wrapper, and its usage is read as it goes by."""
         kind = stream_kind(response)
         if kind is not None and kind != "awaitable":
+            self.opened(response)
             return cast(T, wrap(response, kind, self, None))
         self.feed(response)
         return response
@@ -103,6 +104,13 @@ class UsageTracker:
                 "anthropic", "default", merged(self._piece.usage, found.usage), self._piece.model
             )
         self._piece, self._read = found, None
+
+    def opened(self, stream: Any) -> None:
+        """Show a framework's stream object itself to its reader before its chunks (it may
+        know what they do not: LiteLLM's provider); nothing for an SDK's stream."""
+        name = integrations.framework_of(stream)
+        if name is not None:
+            self._feed_framework(name, stream)
 
     def _feed_framework(self, name: str, item: Any) -> None:
         try:

@@ -278,6 +278,7 @@ def _returned(call: TrackedCall, result: Any) -> Any:
 def _wrapped(call: TrackedCall, stream: Any, kind: StreamKind) -> Any:
     """`stream` passed through, the call recorded when it ends."""
     name = type_name(stream)
+    call.tracker.opened(stream)
 
     def on_end(failed: bool) -> None:
         call.finish(failed, f"{name} stream of {call.tracker.describe()}")

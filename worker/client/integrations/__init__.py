@@ -25,7 +25,9 @@ A reader maps the framework's usage itself (or hands the provider SDK's own obje
 
 ## Streams
 
-The chunks of a framework stream go through the same `read`, one chunk at a time. How the
+The chunks of a framework stream go through the same `read`, one chunk at a time; the stream
+object itself is shown first, when it is a framework's own (its reader returns [] for it and
+may keep what only the stream knows: LiteLLM's provider). How the
 readings of successive chunks combine is the reader module's to say, by an optional
 `stream_reader()` returning a `StreamReader` (below); without one, the last chunk that gave a
 non-empty reading wins (LiteLLM's streams carry the whole usage in their last chunk). LangChain's

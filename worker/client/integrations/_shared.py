@@ -40,7 +40,8 @@ def priced_keys() -> frozenset[str]:
 
 def call_usage(values: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
     """A CallUsage from counts already in genai-prices' convention (input counts the cache):
-    the four token fields, and every other key genai-prices prices, non-zero, as a detail."""
+    the four token fields, and every other key genai-prices prices, non-zero, as a detail. For
+    Anthropic, cache writes not said to be 1-hour ones are 5-minute ones."""
     keys = priced_keys()
     counts = {
         k: v
@@ -48,6 +49,11 @@ def call_usage(values: Mapping[str, Any], model: str | None, provider: str | Non
         if k in keys and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
     }
     tokens = {k: int(counts.pop(k, 0)) for k in TOKEN_KEYS}
+    rest = tokens["cache_write_tokens"] - int(counts.get("cache_write_1h_tokens", 0))
+    if provider == "anthropic" and rest > 0 and "cache_write_5m_tokens" not in counts:
+        # A framework that keeps only the 1-hour part (or no split): the other writes are
+        # 5-minute ones, which genai-prices' Anthropic extractor reports as such (same price).
+        counts["cache_write_5m_tokens"] = rest
     return CallUsage(**tokens, usage_details=counts, model=model, provider=provider)
 
 

@@ -24,6 +24,7 @@ Importing this module imports litellm (it must be installed).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -32,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+from litellm.responses.streaming_iterator import BaseResponsesAPIStreamingIterator
+from litellm.types.llms.openai import ResponseCompletedEvent, ResponsesAPIResponse
 from litellm.types.utils import ModelResponse, ModelResponseStream
 
 from worker.client.responses import CallUsage
@@ -103,6 +107,25 @@ def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
     )
 
 
+def responses_usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
+    """The `usage` of a `litellm.responses()` answer (the Responses API's names)."""
+    inp = _part(usage, "input_tokens_details")
+    out = _part(usage, "output_tokens_details")
+    details: dict[str, int | float] = {}
+    reasoning = _int(out, "reasoning_tokens")
+    if reasoning:
+        details["output_reasoning_tokens"] = reasoning
+    return CallUsage(
+        input_tokens=_int(usage, "input_tokens"),
+        output_tokens=_int(usage, "output_tokens"),
+        cache_read_tokens=_int(inp, "cached_tokens"),
+        cache_write_tokens=_int(inp, "cache_write_tokens"),
+        usage_details=details,
+        model=model,
+        provider=provider,
+    )
+
+
 def provider_of(hidden: Mapping[str, Any] | None) -> str | None:
     """genai-prices' id of the provider LiteLLM called, from a response's `_hidden_params`."""
     hidden = hidden or {}
@@ -117,33 +140,69 @@ def provider_of(hidden: Mapping[str, Any] | None) -> str | None:
 
 def read(obj: Any) -> list[CallUsage] | None:
     """One CallUsage for a `ModelResponse` (or a `ModelResponseStream` chunk carrying the
-    stream's usage: the last one, with `stream_options={"include_usage": True}`); [] for a
-    chunk without usage; None for an object of no type read here."""
+    stream's usage: the last one, with `stream_options={"include_usage": True}`), for a
+    `litellm.responses()` answer or its stream's `response.completed` event; [] for a chunk
+    or event without usage; None for an object of no type read here."""
+    if isinstance(obj, CustomStreamWrapper | BaseResponsesAPIStreamingIterator):
+        return []  # the stream itself (see Stream.feed)
+    if isinstance(obj, ResponseCompletedEvent):
+        obj = obj.response
+    if isinstance(obj, ResponsesAPIResponse):
+        if obj.usage is None:
+            return []
+        hidden = getattr(obj, "_hidden_params", None)
+        model = obj.model if isinstance(obj.model, str) and obj.model else None
+        # LiteLLM's logging rewrites this usage in place into chat's names (prompt_tokens...)
+        # before its callbacks run: the same object is read either way.
+        if _part(obj.usage, "prompt_tokens") is not None:
+            return [usage_of(obj.usage, model, provider_of(hidden))]
+        return [responses_usage_of(obj.usage, model, provider_of(hidden))]
     if not isinstance(obj, ModelResponse | ModelResponseStream):
-        return None
+        # Another event of a responses() stream: LiteLLM's, without usage.
+        return [] if type(obj).__module__.startswith("litellm.types") else None
     usage = getattr(obj, "usage", None)
     if usage is None:
         return []
-    model = obj.model if isinstance(obj.model, str) and obj.model else None
-    return [usage_of(usage, model, provider_of(getattr(obj, "_hidden_params", None)))]
+    hidden = getattr(obj, "_hidden_params", None) or {}
+    return [usage_of(usage, _model(obj, hidden), provider_of(hidden))]
+
+
+def _model(obj: Any, hidden: Mapping[str, Any]) -> str | None:
+    # The model the provider answered with (LiteLLM sets `model` to the one asked for in a
+    # stream's chunks): its dated version, when the provider names one.
+    for found in (hidden.get("provider_response_model"), getattr(obj, "model", None)):
+        if isinstance(found, str) and found:
+            return found
+    return None
 
 
 class Stream:
     """A LiteLLM stream's chunks (the last with usage holds the whole request's) or whole
-    responses (each a request of its own)."""
+    responses (each a request of its own). The stream object itself, fed first, names the
+    provider (a `responses()` stream's events name none) and the chunks the model."""
 
     def __init__(self) -> None:
         self._done: list[CallUsage] = []
         self._last: CallUsage | None = None
         self._known = False
+        self._provider: str | None = None
+        self._model: str | None = None
 
     def feed(self, chunk: Any) -> None:
-        """Read one chunk or response."""
+        """Read the stream, one of its chunks, or a response."""
         found = read(chunk)
         if found is None:
             return
         self._known = True
-        if isinstance(chunk, ModelResponseStream):
+        if isinstance(chunk, CustomStreamWrapper | BaseResponsesAPIStreamingIterator):
+            self._provider = PROVIDERS.get(str(getattr(chunk, "custom_llm_provider", None)))
+            return
+        hidden = getattr(chunk, "_hidden_params", None) or {}
+        named = hidden.get("provider_response_model")
+        if isinstance(named, str) and named:
+            self._model = named
+        if not isinstance(chunk, ModelResponse | ResponsesAPIResponse):
+            # A stream's chunk or event: the last with usage holds the request's.
             if found:
                 self._last = found[0]
         else:
@@ -153,7 +212,14 @@ class Stream:
         """The requests read (None: nothing LiteLLM's was given)."""
         if not self._known:
             return None
-        return [*self._done, *([self._last] if self._last is not None else [])]
+        if self._last is None:
+            return list(self._done)
+        last = dataclasses.replace(
+            self._last,
+            model=self._model or self._last.model,
+            provider=self._last.provider or self._provider,
+        )
+        return [*self._done, last]
 
 
 def stream_reader() -> Stream:
