@@ -33,7 +33,6 @@ of the latest `agent_updated_stream_event`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ from agents.result import RunResult, RunResultStreaming
 from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEvent
 from agents.usage import Usage
 
-from worker.client.integrations._shared import FieldsOf, Hook, provider_id
+from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id
 from worker.client.responses import CallUsage, Piece, extract, get
 
 if TYPE_CHECKING:
@@ -117,11 +116,8 @@ def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
         "output_tokens_details": {"reasoning_tokens": get(outputs, "reasoning_tokens") or 0},
     }
     found = extract(Piece("openai", "responses", wire, model))
-    details = dict(found.usage_details)
-    if provider == "anthropic" and found.cache_write_tokens:
-        # The SDK keeps no TTL split: the writes are priced as (and said to be) 5-minute ones.
-        details["cache_write_5m_tokens"] = found.cache_write_tokens
-    return dataclasses.replace(found, provider=provider, usage_details=details)
+    # The SDK keeps no TTL split of Anthropic's writes: call_usage takes them as 5-minute ones.
+    return call_usage({**found.usage_details, **found.event_fields()}, model, provider)
 
 
 def _agents_of(result: RunResult | RunResultStreaming) -> list[Any]:

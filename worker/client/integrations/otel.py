@@ -93,10 +93,11 @@ NAMES: dict[str, tuple[str, ...]] = {
 _DETAILS = "gen_ai.usage.details."
 
 #: Provider usage keys some instrumentations pass through as `gen_ai.usage.details.<key>`
-#: (pydantic-ai does Anthropic's), by genai-prices' name: the 5m/1h split of cache writes.
+#: (pydantic-ai does), by genai-prices' name: the 5m/1h split of cache writes, reasoning.
 DETAIL_ALIASES = {
     "ephemeral_5m_input_tokens": "cache_write_5m_tokens",
     "ephemeral_1h_input_tokens": "cache_write_1h_tokens",
+    "reasoning_tokens": "output_reasoning_tokens",
 }
 
 #: Spans that sum their children's usage (a whole agent run, a tool, a workflow).
@@ -165,7 +166,7 @@ def usage_of_span(attrs: Mapping[str, Any]) -> CallUsage | None:
         if name.startswith(_DETAILS):
             key = name[len(_DETAILS) :]
             key = DETAIL_ALIASES.get(key, key)
-            if key in keys and key not in TOKEN_KEYS and key not in counts:
+            if key in keys and key not in TOKEN_KEYS and not counts.get(key):
                 counts[key] = _count(value)
     model = _text(attrs.get("gen_ai.response.model")) or _text(
         _first(attrs, ("gen_ai.request.model", "llm.model_name"))

@@ -50,14 +50,7 @@ __all__ = ["UsageCapability", "read"]
 def usage_of(usage: RequestUsage | RunUsage, model: str | None, provider: str | None) -> CallUsage:
     """A pydantic-ai usage as a CallUsage (it is in genai-prices' convention already)."""
     # Provider-specific counters (web_searches, ...) are instance attributes beside the fields.
-    values = dict(vars(usage))
-    known = provider_id(provider)
-    writes, hour = values.get("cache_write_tokens") or 0, values.get("cache_write_1h_tokens") or 0
-    if known == "anthropic" and writes > hour:
-        # pydantic-ai keeps the 1-hour part; the rest are 5-minute writes, which genai-prices'
-        # Anthropic extractor reports as such (the same price either way, the same row).
-        values["cache_write_5m_tokens"] = writes - hour
-    return call_usage(values, model, known)
+    return call_usage(vars(usage), model, provider_id(provider))
 
 
 def _requests(responses: Iterable[Any]) -> list[CallUsage]:
