@@ -4,13 +4,19 @@ Redis. The database, Redis and worker fixtures are the main suite's (tests/conft
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
+
+from tests.conftest import WorkerProcess, make_tenant
+from tests.integrations.support import Case
+from worker.client import UsageClient
 
 # LiteLLM fetches its model cost map from GitHub when imported: no test touches the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -33,11 +39,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", line)
 
 
-from tests.conftest import WorkerProcess, make_tenant
-from tests.integrations.support import Case
-from worker.client import UsageClient
-
-
 @pytest.fixture(scope="session")
 def running_worker(
     _environment: None, database_url: str, redis_url: str, tmp_root: Path
@@ -57,3 +58,26 @@ def case(running_worker: WorkerProcess, engine: Engine, redis_url: str) -> Itera
     usage = UsageClient(broker_url=redis_url, mode="sync")
     yield Case(tenant, usage, engine)
     usage.close()
+
+
+#: The mutation check (tests/integrations/mutations.py): each entry breaks one trap's mapping
+#: the way a naive integration gets it wrong; with AI_USAGE_MUTATION=<name>, the suite must fail.
+MUTATIONS: dict[str, tuple[str, str, Callable[..., Any]]] = {
+    # Reading `cache_creation` alone: 0 beside langchain-anthropic's ephemeral keys.
+    "langchain-cache-creation": (
+        "worker.client.integrations.langchain",
+        "cache_writes",
+        lambda details: (int(details.get("cache_creation") or 0), 0, 0),
+    ),
+    # Ignoring LiteLLM's cache_creation_token_details: 1-hour writes priced as 5-minute ones.
+    "litellm-1h-split": ("worker.client.integrations.litellm", "cache_split", lambda _: (0, 0)),
+}
+
+
+@pytest.fixture(autouse=True)
+def _mutation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply the mutation AI_USAGE_MUTATION names, if it is one of MUTATIONS."""
+    found = MUTATIONS.get(os.environ.get("AI_USAGE_MUTATION", ""))
+    if found is not None:
+        module, name, broken = found
+        monkeypatch.setattr(importlib.import_module(module), name, broken)

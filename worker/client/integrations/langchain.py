@@ -59,14 +59,21 @@ PROVIDERS = {
 FIELDS = ("tenant_id", "user_id", "assessment_id", "lead_id", "operation")
 
 
+def cache_writes(details: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(all, 5-minute, 1-hour) cache writes of an `input_token_details`. The trap:
+    langchain-anthropic gives `cache_creation: 0` beside the 5m/1h split when the API splits
+    them, so the writes are the split when there is one, else `cache_creation` (LangChain's own
+    rule for its `input_tokens`). The mutation check breaks this function."""
+    five = int(details.get("ephemeral_5m_input_tokens") or 0)
+    hour = int(details.get("ephemeral_1h_input_tokens") or 0)
+    return five + hour or int(details.get("cache_creation") or 0), five, hour
+
+
 def usage_of(metadata: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
     """A LangChain `usage_metadata` in genai-prices' convention."""
     inp = metadata.get("input_token_details") or {}
     out = metadata.get("output_token_details") or {}
-    five = int(inp.get("ephemeral_5m_input_tokens") or 0)
-    hour = int(inp.get("ephemeral_1h_input_tokens") or 0)
-    # The trap: `cache_creation` is 0 when the 5m/1h split is given (see the module docstring).
-    write = five + hour or int(inp.get("cache_creation") or 0)
+    write, five, hour = cache_writes(inp)
     details: dict[str, int | float] = {}
     for key, value in (
         ("cache_write_5m_tokens", five),

@@ -75,21 +75,29 @@ def _part(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
+def cache_split(prompt_details: Any) -> tuple[int, int]:
+    """(5-minute, 1-hour) cache writes of a `prompt_tokens_details`: LiteLLM keeps the split
+    only in its `cache_creation_token_details` (the 1-hour writes cost more). The mutation
+    check breaks this function."""
+    split = _part(prompt_details, "cache_creation_token_details") if prompt_details else None
+    return _int(split, "ephemeral_5m_input_tokens"), _int(split, "ephemeral_1h_input_tokens")
+
+
 def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
     """A LiteLLM `Usage` (object or dict) in genai-prices' convention."""
     prompt = _part(usage, "prompt_tokens_details")
     completion = _part(usage, "completion_tokens_details")
-    split = _part(prompt, "cache_creation_token_details") if prompt is not None else None
     read = _int(prompt, "cached_tokens") or _int(usage, "cache_read_input_tokens")
     write = (
         _int(usage, "cache_creation_input_tokens")
         or _int(prompt, "cache_creation_tokens")
         or _int(prompt, "cache_write_tokens")
     )
+    five, hour = cache_split(prompt)
     details: dict[str, int | float] = {}
     for key, value in (
-        ("cache_write_5m_tokens", _int(split, "ephemeral_5m_input_tokens")),
-        ("cache_write_1h_tokens", _int(split, "ephemeral_1h_input_tokens")),
+        ("cache_write_5m_tokens", five),
+        ("cache_write_1h_tokens", hour),
         ("output_reasoning_tokens", _int(completion, "reasoning_tokens")),
         ("input_audio_tokens", _int(prompt, "audio_tokens")),
         ("output_audio_tokens", _int(completion, "audio_tokens")),
