@@ -20,9 +20,11 @@ extractor for that provider: nothing of LlamaIndex's token counts (`additional_k
 legacy `TokenCountingHandler`) is used, as they carry no cache. A stream is read chunk by chunk
 (its `LLM*InProgressEvent`s): OpenAI's usage comes in its last chunk when the LLM is given
 `additional_kwargs={"stream_options": {"include_usage": True}}`; an Anthropic stream's in its
-`message_delta`, LlamaIndex keeping the `message_start` to itself, so a stream's cache writes are
-all priced at the 5-minute rate (a non-streamed call keeps the 1-hour split). The model is the
-response's, else the LLM's own `model` (from the start event).
+`message_delta` alone, LlamaIndex keeping the `message_start` to itself: exact when the delta
+repeats the whole usage (as the API does now), its cache writes taken as 5-minute ones when the
+delta carries no `cache_creation` split. Such a stream names no model: the handler takes the
+LLM's own `model` (from the start event); `track_stream` needs `model=` (else the row is stored
+unpriced, with a warning saying so).
 """
 
 from __future__ import annotations
