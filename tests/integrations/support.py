@@ -23,8 +23,11 @@ import pytest
 from genai_prices import Usage, calc_price, extract_usage
 from sqlalchemy import Engine, text
 
-from tests import sdk_fakes as wire
+from tests import sdk_fakes
 from tests.conftest import wait_for
+
+#: The provider wire fakes of the main suite (tests/sdk_fakes.py), for the test modules.
+wire = sdk_fakes
 
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 JSON = "application/json"
@@ -60,6 +63,12 @@ def failure(model: str, provider: str | None) -> Truth:
 # -- mock HTTP transports ------------------------------------------------------------------
 
 
+# Inside Replay, `httpx` and `httpx2` name its methods: its annotations use these (httpx's are
+# Any: the frameworks' venvs have httpx, the lint venv does not).
+Httpx2Client = httpx2.Client
+Httpx2AsyncClient = httpx2.AsyncClient
+
+
 @dataclass
 class Replay:
     """Answers each request with the next of `answers` (body, content type, status): a
@@ -76,14 +85,14 @@ class Replay:
         body, content_type, status = self.answers.pop(0)
         return status, body, content_type
 
-    def httpx(self) -> httpx.Client:
+    def httpx(self) -> Any:
         def handle(request: httpx.Request) -> httpx.Response:
             status, body, kind = self.answer(request.method, str(request.url), request.read())
             return httpx.Response(status, content=body, headers={"content-type": kind})
 
         return httpx.Client(transport=httpx.MockTransport(handle))
 
-    def ahttpx(self) -> httpx.AsyncClient:
+    def ahttpx(self) -> Any:
         async def handle(request: httpx.Request) -> httpx.Response:
             status, body, kind = self.answer(
                 request.method, str(request.url), await request.aread()
@@ -92,7 +101,7 @@ class Replay:
 
         return httpx.AsyncClient(transport=httpx.MockTransport(handle))
 
-    def atransport(self) -> httpx.MockTransport:
+    def atransport(self) -> Any:
         """An async httpx transport (for clients that take a transport, not a client)."""
 
         async def handle(request: httpx.Request) -> httpx.Response:
@@ -103,14 +112,14 @@ class Replay:
 
         return httpx.MockTransport(handle)
 
-    def httpx2(self) -> httpx2.Client:
+    def httpx2(self) -> Httpx2Client:
         def handle(request: httpx2.Request) -> httpx2.Response:
             status, body, kind = self.answer(request.method, str(request.url), request.read())
             return httpx2.Response(status, content=body, headers={"content-type": kind})
 
         return httpx2.Client(transport=httpx2.MockTransport(handle))
 
-    def ahttpx2(self) -> httpx2.AsyncClient:
+    def ahttpx2(self) -> Httpx2AsyncClient:
         async def handle(request: httpx2.Request) -> httpx2.Response:
             status, body, kind = self.answer(
                 request.method, str(request.url), await request.aread()
@@ -132,7 +141,7 @@ def replay(*answers: bytes | dict[str, Any] | tuple[bytes, str] | tuple[bytes, s
         elif len(a) == 2:
             out.append((a[0], a[1], 200))
         else:
-            out.append(a)  # type: ignore[arg-type]
+            out.append(a)
     return Replay(out)
 
 

@@ -79,14 +79,14 @@ def chat_model(provider: str, replay: Replay) -> BaseChatModel:
     if provider.startswith("openai"):
         return ChatOpenAI(
             model="gpt-4.1",
-            api_key="x",  # type: ignore[arg-type]
+            api_key="x",
             http_client=replay.httpx(),
             http_async_client=replay.ahttpx(),
             max_retries=0,
             stream_usage=True,
             use_responses_api=provider == "openai-responses",
         )
-    llm = ChatAnthropic(model=s.SONNET, api_key="x", max_retries=0, max_tokens=1024)  # type: ignore[call-arg,arg-type]
+    llm = ChatAnthropic(model=s.SONNET, api_key="x", max_retries=0, max_tokens=1024)
     # ChatAnthropic takes no http_client: its SDK clients are cached properties.
     llm.__dict__["_client"] = anthropic.Anthropic(
         api_key="x", http_client=replay.httpx2(), max_retries=0
@@ -101,12 +101,12 @@ def tool_run(llm: BaseChatModel, config: dict[str, Any] | None = None) -> list[B
     """A two-request tool loop, as an application (or an agent) runs it."""
     bound = llm.bind_tools([weather])
     history: list[BaseMessage] = [HumanMessage("Weather in Paris?")]
-    first = bound.invoke(history, config=config)  # type: ignore[arg-type]
+    first = bound.invoke(history, config=config)
     assert isinstance(first, AIMessage) and first.tool_calls, first
     history.append(first)
     for request in first.tool_calls:
         history.append(ToolMessage(weather.invoke(request["args"]), tool_call_id=request["id"]))
-    second = bound.invoke(history, config=config)  # type: ignore[arg-type]
+    second = bound.invoke(history, config=config)
     history.append(second)
     return history
 

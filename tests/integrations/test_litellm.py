@@ -79,7 +79,7 @@ def truth(provider: str, usage: dict[str, Any]) -> Truth:
 
 
 def gemini_answer(usage: dict[str, Any], tool_call: bool) -> dict[str, Any]:
-    body = s.wire.gemini_response(s.GEMINI, usage)
+    body: dict[str, Any] = s.wire.gemini_response(s.GEMINI, usage)
     if tool_call:
         call = {"functionCall": {"name": "weather", "args": {"city": "Paris"}}}
         body["candidates"][0]["content"]["parts"] = [call]
@@ -212,7 +212,7 @@ def flush_litellm() -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_usage_logger(case: Case, logger: Any, provider: str, mode: str) -> None:
     replay, truths = replay_for(provider, mode)
-    meta = {"metadata": {"tenant_id": str(case.tenant), "operation": "conformance"}}
+    meta: dict[str, Any] = {"metadata": {"tenant_id": str(case.tenant), "operation": "conformance"}}
     if mode == "call":
         ask(provider, replay, **meta)
     elif mode == "stream":
