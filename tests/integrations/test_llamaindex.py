@@ -191,3 +191,18 @@ def test_stream_naming_no_model_is_unpriced(case: Case, caplog: pytest.LogCaptur
 def test_not_a_response() -> None:
     """Another LlamaIndex object is not one this reader knows (the core warns, naming it)."""
     assert integration.read(ASK[0]) is None
+
+
+def test_stream_broken_midway_is_a_failure(case: Case, handler: UsageEventHandler) -> None:
+    """An Anthropic stream that errors after it started: LlamaIndex's ExceptionEvent ends the
+    call, recorded once as a failure with the LLM's model; the error reaches the application."""
+    events = s.wire.anthropic_events(s.SONNET, s.anthropic_usage(60, 0, 0, 0, 1), {})[:3]
+    events.append({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+    replay = s.replay(s.wire.sse(events))
+    with (
+        instrument_tags({"tenant_id": str(case.tenant)}),
+        pytest.raises(anthropic.APIStatusError),
+    ):
+        for _ in llm("anthropic", replay).stream_chat(ASK):
+            pass
+    s.conform(case.db, case.tenant, [s.failure(s.SONNET, "")])

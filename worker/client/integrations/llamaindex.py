@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.exception import ExceptionEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
     LLMChatInProgressEvent,
@@ -126,24 +127,32 @@ class UsageEventHandler(BaseEventHandler):
         if isinstance(event, LLMChatStartEvent | LLMCompletionStartEvent):
             named = event.model_dict.get("model") or event.model_dict.get("model_name")
             model = named if isinstance(named, str) and named else None
+            if len(self._open) >= MAX_OPEN:
+                # A call that failed before streaming sends no end event: forget the oldest.
+                del self._open[next(iter(self._open))]
             self._open[key] = (time.monotonic(), model, LlamaStream())
         elif isinstance(event, LLMChatInProgressEvent | LLMCompletionInProgressEvent):
             if key in self._open:
                 self._open[key][2].feed(event.response)
         elif isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent):
-            self._end(key, event)
+            self._end(key, event, event.response)
+        elif isinstance(event, ExceptionEvent) and key in self._open:
+            self._end(key, event, None)  # a stream broken midway: a failure, with what it read
 
-    def _end(self, key: str, event: LLMChatEndEvent | LLMCompletionEndEvent) -> None:
+    def _end(self, key: str, event: BaseEvent, response: Any) -> None:
         started, model, stream = self._open.pop(key, (None, None, LlamaStream()))
-        if stream.usages() is None and event.response is not None:
-            stream.feed(event.response)  # not streamed: the whole response
+        if stream.usages() is None and response is not None:
+            stream.feed(response)  # not streamed: the whole response
         read = stream.usages()
         found = read[-1] if read else None
         fields = {**self._defaults, **event.tags}
         if "model" not in fields and model is not None and (found is None or found.model is None):
             fields["model"] = model
         took = None if started is None else int((time.monotonic() - started) * 1000)
-        record(self._usage, found, fields, duration_ms=took, what=_WHAT)
+        failed = isinstance(event, ExceptionEvent)
+        record(self._usage, found, fields, failed=failed, duration_ms=took, what=_WHAT)
 
 
 _WHAT = "a LlamaIndex LLM response"
+#: Calls started and not ended kept at most (their start time, model and stream so far).
+MAX_OPEN = 10_000
