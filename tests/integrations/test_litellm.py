@@ -298,3 +298,27 @@ def test_on_the_proxy_the_tenant_is_the_keys_team(case: Case) -> None:
     meter.log_success_event(kwargs, response, None, None)
     meter.log_success_event(kwargs, response, None, None)  # the same call again: once
     case.conform([truth("anthropic", first)])
+
+
+def test_a_stream_without_the_providers_usage_is_not_recorded_as_litellms_estimate(
+    case: Case, logger: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without include_usage an OpenAI stream carries no usage, and LiteLLM hands its loggers a
+    tokenizer's count instead (no cache, not what is billed): stored unpriced, with a warning."""
+    monkeypatch.setattr("worker.client.tracker._warned", set())  # warned once per process
+    replay = s.replay(s.wire.sse(s.wire.chat_chunks(s.GPT, None), named=False, done=True))
+    meta = {"tenant_id": str(case.tenant), "operation": "conformance"}
+    stream = litellm.completion(
+        model="gpt-4.1",
+        messages=[{"role": "user", "content": "Hi"}],
+        client=client("openai-chat", replay, False),
+        api_key="x",
+        stream=True,
+        metadata=meta,
+    )
+    assert drain(stream)
+    flush_litellm()
+    (row,) = s.landed(case.db, case.tenant, 1)
+    assert (row["input_tokens"], row["output_tokens"], row["cost_usd"]) == (0, 0, None)
+    assert row["provider"] == "openai"
+    assert any("include_usage" in r.getMessage() for r in caplog.records)

@@ -39,6 +39,7 @@ from litellm.types.llms.openai import ResponseCompletedEvent, ResponsesAPIRespon
 from litellm.types.utils import ModelResponse, ModelResponseStream
 
 from worker.client.responses import CallUsage
+from worker.client.tracker import warn_once
 from worker.client.tracking import TrackedCall
 
 __all__ = ["UsageLogger", "read", "stream_reader", "usage_of"]
@@ -61,6 +62,12 @@ PROVIDERS = {
     "deepseek": "deepseek",
     "xai": "x-ai",
 }
+
+#: LiteLLM providers whose streams carry the provider's usage whatever the request says. Any
+#: other's stream has it only with `stream_options={"include_usage": True}`; without it LiteLLM
+#: counts the tokens itself with a tokenizer (no cache, not what is billed): such an estimate is
+#: never recorded as the usage.
+STREAM_USAGE_ALWAYS = frozenset({"anthropic", "gemini", "vertex_ai", "vertex_ai_beta", "bedrock"})
 
 #: The metadata keys taken as event fields.
 FIELDS = ("tenant_id", "user_id", "assessment_id", "lead_id", "operation")
@@ -235,6 +242,16 @@ def stream_reader() -> Stream:
     return Stream()
 
 
+def _estimated(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM made the usage of this call up (a stream without the provider's)."""
+    if not kwargs.get("stream") or kwargs.get("custom_llm_provider") in STREAM_USAGE_ALWAYS:
+        return False
+    if "completion" not in str(kwargs.get("call_type")):
+        return False  # responses(): its response.completed event always has the usage
+    options = (kwargs.get("optional_params") or {}).get("stream_options") or {}
+    return not options.get("include_usage")
+
+
 def _ms(start: Any, end: Any) -> int | None:
     if isinstance(start, dt.datetime) and isinstance(end, dt.datetime):
         return max(0, int((end - start).total_seconds() * 1000))
@@ -301,6 +318,16 @@ class UsageLogger(CustomLogger):
             call = TrackedCall(self._usage.record, fields)
             if failed:
                 call.default(model=kwargs.get("model"))
+            elif _estimated(kwargs):
+                found = read(response) or []
+                call.default(model=found[0].model if found else kwargs.get("model"))
+                call.tracker.tokens(0, 0)  # no usage: the worker stores the call unpriced
+                warn_once(
+                    f"litellm-estimated:{kwargs.get('custom_llm_provider')}",
+                    "LiteLLM counted the usage of a %s stream itself (no stream_options="
+                    "{'include_usage': True}): recorded with 0 tokens, unpriced, not its estimate",
+                    kwargs.get("custom_llm_provider"),
+                )
             else:
                 call.tracker.feed(response)
             call.finish(failed)
