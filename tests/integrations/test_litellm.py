@@ -262,7 +262,8 @@ def test_litellm_objects_handed_to_the_client(case: Case, provider: str, mode: s
     else:
 
         async def run() -> None:
-            stream = await ask(provider, replay, stream=True, aio=True)
+            # The coroutine itself, as an application writes it: awaited by the wrapper.
+            stream = ask(provider, replay, stream=True, aio=True)
             assert await adrain(usage.track_stream(stream, **case.fields))
 
         asyncio.run(run())

@@ -29,6 +29,9 @@ class Sink(Protocol):
     def feed(self, item: Any) -> None:
         """Read one chunk, event or message; never raises."""
 
+    def opened(self, stream: Any) -> None:
+        """See the stream object itself, before its chunks; never raises."""
+
 
 OnEnd = Callable[[bool], None] | None
 
@@ -205,6 +208,7 @@ class AsyncTrackedStream(_Ending, Generic[T]):
                     # Forgotten before the await: a request that fails is a call to record.
                     pending, self._pending = self._pending, None
                     self._stream = await pending
+                    self._sink.opened(self._stream)
                 if not hasattr(self._stream, "__aiter__"):
                     # Not a stream after all: read it as a whole response.
                     log.warning(

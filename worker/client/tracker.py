@@ -108,9 +108,12 @@ class UsageTracker:
     def opened(self, stream: Any) -> None:
         """Show a framework's stream object itself to its reader before its chunks (it may
         know what they do not: LiteLLM's provider); nothing for an SDK's stream."""
-        name = integrations.framework_of(stream)
-        if name is not None:
-            self._feed_framework(name, stream)
+        try:
+            name = integrations.framework_of(stream)
+            if name is not None:
+                self._feed_framework(name, stream)
+        except Exception:  # never into the application
+            log.debug("could not inspect a %s", type_name(stream), exc_info=True)
 
     def _feed_framework(self, name: str, item: Any) -> None:
         try:
