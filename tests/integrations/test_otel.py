@@ -26,6 +26,7 @@ from pydantic_ai.models.instrumented import InstrumentationSettings
 from tests.integrations import support as s
 from tests.integrations.support import Case
 from tests.integrations.test_pydantic_ai import CLAUDE, GPT, PROVIDERS, agent, run, scenario
+from worker.client.integrations import _shared as shared
 from worker.client.integrations.otel import UsageSpanProcessor, usage_of_span
 
 pytestmark = pytest.mark.e2e
@@ -189,3 +190,18 @@ def test_a_bad_span_never_reaches_the_application(provider: TracerProvider) -> N
     attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": "many", "gen_ai.usage.output_tokens": 3}
     with tracer.start_as_current_span("chat") as span:
         span.set_attributes(attrs)
+
+
+def test_spans_never_ended_are_not_kept_without_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baggage kept for open spans is bounded: spans that never end do not grow it."""
+    monkeypatch.setattr(shared, "MAX_OPEN", 3)
+    processor = UsageSpanProcessor(None, operation="chat")  # type: ignore[arg-type]
+    made = TracerProvider()
+    made.add_span_processor(processor)
+    token = context.attach(baggage.set_baggage("tenant_id", "t"))
+    try:
+        spans = [made.get_tracer("app").start_span(f"chat {i}") for i in range(10)]
+    finally:
+        context.detach(token)
+    assert len(processor._baggage) == 3
+    assert list(processor._baggage) == [span.get_span_context().span_id for span in spans[-3:]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.client.responses import TOKEN_KEYS, CallUsage
 from worker.client.tracker import warn_once
@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from worker.client.publisher import UsageClient
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: Requests started and not (yet) ended that a hook keeps state for, at most: a request that
+#: fails before its end hook runs leaves its entry behind, and the oldest go first.
+MAX_OPEN = 10_000
 
 #: The model of a request that names none and for which none was given (stored unpriced).
 UNKNOWN_MODEL = "unknown"
@@ -67,6 +74,13 @@ def provider_id(name: str | None) -> str | None:
 
     found = find_provider_by_id(get_snapshot().providers, name)
     return found.id if found is not None else name.strip().lower()
+
+
+def remember(store: dict[K, V], key: K, value: V) -> None:
+    """`store[key] = value`, forgetting the oldest entry past MAX_OPEN."""
+    if len(store) >= MAX_OPEN and key not in store:
+        del store[next(iter(store))]
+    store[key] = value
 
 
 def context_fields(fields_of: FieldsOf | None, context: Any, what: str) -> dict[str, Any]:

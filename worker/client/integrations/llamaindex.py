@@ -46,7 +46,7 @@ from llama_index.core.instrumentation.events.llm import (
 )
 from pydantic import PrivateAttr
 
-from worker.client.integrations._shared import record
+from worker.client.integrations._shared import record, remember
 from worker.client.responses import CallUsage
 from worker.client.tracker import UsageTracker
 
@@ -127,10 +127,8 @@ class UsageEventHandler(BaseEventHandler):
         if isinstance(event, LLMChatStartEvent | LLMCompletionStartEvent):
             named = event.model_dict.get("model") or event.model_dict.get("model_name")
             model = named if isinstance(named, str) and named else None
-            if len(self._open) >= MAX_OPEN:
-                # A call that failed before streaming sends no end event: forget the oldest.
-                del self._open[next(iter(self._open))]
-            self._open[key] = (time.monotonic(), model, LlamaStream())
+            # A call that fails before streaming sends no end event: remember() bounds them.
+            remember(self._open, key, (time.monotonic(), model, LlamaStream()))
         elif isinstance(event, LLMChatInProgressEvent | LLMCompletionInProgressEvent):
             if key in self._open:
                 self._open[key][2].feed(event.response)
@@ -154,5 +152,3 @@ class UsageEventHandler(BaseEventHandler):
 
 
 _WHAT = "a LlamaIndex LLM response"
-#: Calls started and not ended kept at most (their start time, model and stream so far).
-MAX_OPEN = 10_000

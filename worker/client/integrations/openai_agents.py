@@ -43,7 +43,7 @@ from agents.result import RunResult, RunResultStreaming
 from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEvent
 from agents.usage import Usage
 
-from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id
+from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id, remember
 from worker.client.responses import CallUsage, Piece, extract, get
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class UsageHooks(Hook, RunHooks[Any]):
     async def on_llm_start(
         self, context: RunContextWrapper[Any], agent: Agent[Any], *_: Any, **__: Any
     ) -> None:
-        self._started[(id(context), id(agent))] = time.monotonic()
+        remember(self._started, (id(context), id(agent)), time.monotonic())
 
     async def on_llm_end(
         self, context: RunContextWrapper[Any], agent: Agent[Any], response: ModelResponse

@@ -50,7 +50,13 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from worker.client.integrations._shared import call_usage, priced_keys, provider_id, record
+from worker.client.integrations._shared import (
+    call_usage,
+    priced_keys,
+    provider_id,
+    record,
+    remember,
+)
 from worker.client.responses import TOKEN_KEYS, CallUsage
 
 if TYPE_CHECKING:
@@ -199,7 +205,7 @@ class UsageSpanProcessor(SpanProcessor):
             return
         if found and span.context is not None:
             with self._lock:
-                self._baggage[span.context.span_id] = found
+                remember(self._baggage, span.context.span_id, found)
 
     def on_end(self, span: ReadableSpan) -> None:
         """Record the span if it is a model call's."""
