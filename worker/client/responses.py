@@ -124,6 +124,8 @@ SDK_PROVIDERS: dict[str, frozenset[str]] = {
     "anthropic": frozenset({"anthropic"}),
     "openai": frozenset({"openai"}),
     "google": frozenset({"google"}),
+    # Vertex AI's own SDK (google-cloud-aiplatform): its GenerationResponse has Gemini's shape.
+    "vertexai": frozenset({"google"}),
 }
 _ANY_PROVIDER = frozenset({"anthropic", "openai", "google", "aws"})
 
