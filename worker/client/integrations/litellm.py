@@ -277,13 +277,14 @@ class UsageLogger(CustomLogger):
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _first(self, call_id: Any) -> bool:
+    def _first(self, call_id: Any, failed: bool) -> bool:
         if not isinstance(call_id, str):
             return True
+        key = f"{call_id}:{failed}"  # a failed attempt, then the call's success, are two
         with self._lock:
-            if call_id in self._seen:
+            if key in self._seen:
                 return False
-            self._seen[call_id] = None
+            self._seen[key] = None
             if len(self._seen) > 10_000:
                 self._seen.popitem(last=False)
         return True
@@ -308,7 +309,7 @@ class UsageLogger(CustomLogger):
         self, kwargs: dict[str, Any], response: Any, start: Any, end: Any, failed: bool
     ) -> None:
         try:
-            if not self._first(kwargs.get("litellm_call_id")):
+            if not self._first(kwargs.get("litellm_call_id"), failed):
                 return
             fields = self.fields(kwargs)
             fields["duration_ms"] = _ms(start, end)
