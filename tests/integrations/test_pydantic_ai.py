@@ -202,3 +202,13 @@ def test_fields_function_failure_is_not_the_runs(
     result = agent("openai-chat", replay, [hook]).run_sync("Weather in Paris?", deps={})
     assert result.output
     assert "tenant_id" in caplog.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_streamed_run_result_read_once_consumed(case: Case, provider: str) -> None:
+    """agent.run_stream()'s result, handed over once its text was read: its request."""
+    replay, truths = scenario(provider, "stream")
+    streamed = asyncio.run(run(agent(provider, replay), "stream", {}))
+    with case.usage.track_usage(**case.fields) as call:
+        call.response(streamed)
+    case.conform(truths)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelResponse
+from pydantic_ai.result import StreamedRunResult, StreamedRunResultSync
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.usage import RequestUsage, RunUsage
 
@@ -76,11 +77,10 @@ def read(obj: Any) -> list[CallUsage] | None:
         return _requests(obj.new_messages())
     if isinstance(obj, RunUsage | RequestUsage):
         return [usage_of(obj, None, None)]
-    kind = type(obj).__name__
-    if kind in ("StreamedRunResult", "StreamedRunResultSync"):
+    if isinstance(obj, StreamedRunResult | StreamedRunResultSync):
         # agent.run_stream(...): its messages are whole once the stream has been consumed.
         return _requests(obj.new_messages()) if obj.is_complete else []
-    if kind.endswith("Event"):
+    if type(obj).__name__.endswith("Event"):
         return []  # the other events of run_stream_events(): no usage until the last
     return None
 
