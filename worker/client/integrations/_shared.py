@@ -8,17 +8,15 @@ Nothing here imports a framework; genai-prices is imported on first use.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.client.responses import TOKEN_KEYS, CallUsage
 from worker.client.tracker import warn_once
+from worker.client.tracking import TrackedCall
 
 if TYPE_CHECKING:
     from worker.client.publisher import UsageClient
-
-log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -26,9 +24,6 @@ V = TypeVar("V")
 #: Requests started and not (yet) ended that a hook keeps state for, at most: a request that
 #: fails before its end hook runs leaves its entry behind, and the oldest go first.
 MAX_OPEN = 10_000
-
-#: The model of a request that names none and for which none was given (stored unpriced).
-UNKNOWN_MODEL = "unknown"
 
 #: Event fields a hook's caller may give (as defaults, or from the run's context).
 Fields = Mapping[str, Any]
@@ -115,33 +110,23 @@ def record(
     duration_ms: int | None = None,
     what: str,
 ) -> None:
-    """Record one model request: the fields given win over what was read (as with
-    `track_usage`); never raises (a bad field is logged, naming it)."""
-    try:
-        values = {k: v for k, v in fields.items() if v is not None}
-        if found is not None:
-            for key, value in found.event_fields().items():
-                values.setdefault(key, value)
-            if found.provider is not None:
-                values.setdefault("provider", found.provider)
-        else:
-            values.setdefault("input_tokens", 0)
-            values.setdefault("output_tokens", 0)
-        if "model" not in values:
-            values["model"] = (found.model if found is not None else None) or UNKNOWN_MODEL
-            if values["model"] == UNKNOWN_MODEL:
-                warn_once(
-                    f"model:{what}",
-                    "%s names no model: recorded as model %r (unpriced); pass model=...",
-                    what,
-                    UNKNOWN_MODEL,
-                )
-        if duration_ms is not None:
-            values.setdefault("duration_ms", duration_ms)
-        values["success"] = "failure" if failed else "success"
-        usage.record(**values)
-    except Exception:
-        log.exception("could not record the usage of a model request (%s)", what)
+    """Record one model request through the client's own path (TrackedCall: the fields given
+    win over what was read, an unknown model is warned about once); never raises."""
+    values = dict(fields)
+    if duration_ms is not None:
+        values.setdefault("duration_ms", duration_ms)
+    call = TrackedCall(usage.record, values)
+    call.start(check=False)  # the request is made: a bad field is logged, naming it
+    if found is not None:
+        call.tracker.tokens(
+            found.input_tokens,
+            found.output_tokens,
+            cache_read_tokens=found.cache_read_tokens,
+            cache_write_tokens=found.cache_write_tokens,
+            usage_details=dict(found.usage_details),
+        )
+        call.default(model=found.model, provider=found.provider)
+    call.finish(failed, what)
 
 
 class Hook:
