@@ -254,3 +254,45 @@ def test_agent_model_of_a_model_object_on_another_endpoint() -> None:
         "llama-3",
         None,
     )
+
+
+@pytest.mark.parametrize("path", ["hooks", "result"])
+def test_handoff_records_each_agents_model(case: Case, path: str) -> None:
+    """A triage agent hands off to another on another model: each request is recorded with
+    the model of the agent that made it (the result's items say which agent that was)."""
+    first_usage, second_usage = usages("responses-model")
+    first = s.wire.response(GPT, first_usage)
+    first["output"] = [
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_1",
+            "name": "transfer_to_billing",
+            "arguments": "{}",
+        }
+    ]
+    replay = s.replay(first, s.wire.response("gpt-4.1", second_usage))
+    client = AsyncOpenAI(api_key="x", http_client=replay.ahttpx2(), max_retries=0)
+    billing = Agent(
+        name="billing", instructions="Refunds.", model=OpenAIResponsesModel("gpt-4.1", client)
+    )
+    triage = Agent(
+        name="triage",
+        instructions="Route.",
+        model=OpenAIResponsesModel(GPT, client),
+        handoffs=[billing],
+    )
+    if path == "hooks":
+        hooks = UsageHooks(case.usage, **case.fields)
+        asyncio.run(Runner.run(triage, "Refund please", hooks=hooks))
+    else:
+        result = asyncio.run(Runner.run(triage, "Refund please"))
+        with case.usage.track_usage(**case.fields) as call:
+            call.response(result)
+    case.conform(
+        [
+            s.truth(first_usage, GPT, "openai", "responses"),
+            s.truth(second_usage, "gpt-4.1", "openai", "responses"),
+        ]
+    )
