@@ -17,13 +17,13 @@ The trap: the SDK's `ModelResponse` names no model. It is the agent's `model` se
 to hooks or results: give the same `model=` to `UsageHooks` (fields given win over what is read).
 
 Mapping: the SDK's `Usage` follows the Responses API (whatever the model's API):
-`input_tokens` counts the cache, `input_tokens_details.cached_tokens` /
-`.cache_write_tokens` are parts of it, `output_tokens_details.reasoning_tokens` part of the
-output; genai-prices' Responses extractor maps it. The SDK keeps no 5m/1h split of Anthropic's
-cache writes (through `LitellmModel`): they are recorded and priced as 5-minute writes. For 1-hour
-writes, meter those calls with `worker.client.integrations.litellm.UsageLogger` instead (LiteLLM's
-own callback sees the split). A streamed LiteLLM or chat model reports usage only with
-`ModelSettings(include_usage=True)` (the OpenAI client's default).
+`input_tokens` counts the cache, `input_tokens_details.cached_tokens` / `.cache_write_tokens`
+are parts of it, `output_tokens_details.reasoning_tokens` part of the output (mapped as
+genai-prices' Responses extractor maps it). The SDK keeps no 5m/1h split of Anthropic's cache
+writes (through `LitellmModel`): they are recorded and priced as 5-minute writes. For 1-hour
+writes, meter those calls with `worker.client.integrations.litellm.UsageLogger` instead
+(LiteLLM's own callback sees the split). A streamed LiteLLM or chat model reports usage only
+with `ModelSettings(include_usage=True)` (the OpenAI client's default).
 
 `read()`: a `RunResult` (or a finished `RunResultStreaming`) gives one entry per entry of
 `raw_responses`, each with the model of the agent that made it; the events of `stream_events()`
@@ -44,7 +44,7 @@ from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEven
 from agents.usage import Usage
 
 from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id, remember
-from worker.client.responses import CallUsage, Piece, extract, get
+from worker.client.responses import CallUsage, get
 
 if TYPE_CHECKING:
     from agents import Agent, RunContextWrapper
@@ -76,6 +76,7 @@ def agent_model(setting: Any) -> tuple[str | None, str | None]:
     name = getattr(setting, "model", None)
     if not isinstance(name, str) or not name:
         return None, None
+    # By name: importing the extensions' classes would import LiteLLM / any-llm themselves.
     if type(setting).__name__ in ("LitellmModel", "AnyLLMModel"):
         return _routed(name)
     client = getattr(setting, "_client", None)  # OpenAIResponsesModel, OpenAIChatCompletionsModel
@@ -104,20 +105,19 @@ def _provider_of_url(base_url: str) -> str | None:
 
 def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
     """The SDK's `Usage` (or a Responses `ResponseUsage`) as a CallUsage."""
+    # The SDK's own normalised shape, the Responses API's whatever the model's API, mapped as
+    # genai-prices' Responses extractor maps it (the suite checks both agree on every wire);
+    # by hand, as the extractor's generic path costs more than the rest of the hook.
     inputs = get(usage, "input_tokens_details")
-    outputs = get(usage, "output_tokens_details")
-    wire = {
-        "input_tokens": get(usage, "input_tokens") or 0,
-        "output_tokens": get(usage, "output_tokens") or 0,
-        "input_tokens_details": {
-            "cached_tokens": get(inputs, "cached_tokens") or 0,
-            "cache_write_tokens": get(inputs, "cache_write_tokens") or 0,
-        },
-        "output_tokens_details": {"reasoning_tokens": get(outputs, "reasoning_tokens") or 0},
+    counts = {
+        "input_tokens": get(usage, "input_tokens"),
+        "output_tokens": get(usage, "output_tokens"),
+        "cache_read_tokens": get(inputs, "cached_tokens"),
+        "cache_write_tokens": get(inputs, "cache_write_tokens"),
+        "output_reasoning_tokens": get(get(usage, "output_tokens_details"), "reasoning_tokens"),
     }
-    found = extract(Piece("openai", "responses", wire, model))
     # The SDK keeps no TTL split of Anthropic's writes: call_usage takes them as 5-minute ones.
-    return call_usage({**found.usage_details, **found.event_fields()}, model, provider)
+    return call_usage(counts, model, provider)
 
 
 def _agents_of(result: RunResult | RunResultStreaming) -> list[Any]:
