@@ -15,6 +15,7 @@ import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelAPIError
 from pydantic_ai.models import Model
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
@@ -212,3 +213,16 @@ def test_streamed_run_result_read_once_consumed(case: Case, provider: str) -> No
     with case.usage.track_usage(**case.fields) as call:
         call.response(streamed)
     case.conform(truths)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_failed_request_recorded_as_failure(case: Case, provider: str) -> None:
+    """The provider answers 500: the run raises to the application, and the request is
+    recorded once as a failure, with the model and provider asked for."""
+    error = b'{"type": "error", "error": {"type": "api_error", "message": "boom"}}'
+    replay = s.replay((error, s.JSON, 500))
+    hook = UsageCapability(case.usage, **case.fields)
+    with pytest.raises(ModelAPIError):
+        agent(provider, replay, [hook]).run_sync("Weather in Paris?", deps={})
+    model, named = (CLAUDE, "anthropic") if provider == "anthropic" else (GPT, "openai")
+    case.conform([s.failure(model, named)])

@@ -144,8 +144,13 @@ class Hook:
         self._defaults = defaults
 
     def record_request(
-        self, found: CallUsage | None, context: Any, *, duration_ms: int | None
+        self,
+        found: CallUsage | None,
+        context: Any,
+        *,
+        duration_ms: int | None,
+        failed: bool = False,
     ) -> None:
         """Record one model request of a run whose context is `context`; never raises."""
         fields = {**self._defaults, **context_fields(self._fields, context, self.what)}
-        record(self._usage, found, fields, duration_ms=duration_ms, what=self.what)
+        record(self._usage, found, fields, failed=failed, duration_ms=duration_ms, what=self.what)

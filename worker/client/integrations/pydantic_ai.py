@@ -9,8 +9,10 @@
 
 `UsageCapability` is pydantic-ai's own extension point (an `AbstractCapability` whose
 `after_model_request` runs once per attempt at a model request, streamed or not), so a tool loop
-records one event per request, each with the model that answered it. The event fields come from
-the run's `deps` through the function given, over the defaults.
+records one event per request, each with the model that answered it; a request the provider
+fails (`ModelAPIError`, seen by `wrap_model_request`) is recorded as a failure with the model
+asked for. The event fields come from the run's `deps` through the function given, over the
+defaults.
 
 Mapping: pydantic-ai's `RequestUsage` is already in genai-prices' convention (it implements
 genai-prices' `AbstractUsage`): `input_tokens` counts the cache, `cache_read_tokens`,
@@ -33,6 +35,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ModelAPIError
 from pydantic_ai.messages import ModelResponse
 from pydantic_ai.result import StreamedRunResult, StreamedRunResultSync
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
@@ -42,6 +45,7 @@ from worker.client.integrations._shared import Hook, call_usage, provider_id
 from worker.client.responses import CallUsage
 
 if TYPE_CHECKING:
+    from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
     from pydantic_ai.models import ModelRequestContext
     from pydantic_ai.tools import RunContext
 
@@ -109,3 +113,21 @@ class UsageCapability(Hook, AbstractCapability[Any]):
             found, ctx.deps, duration_ms=None if took is None else int(took.total_seconds() * 1000)
         )
         return response
+
+    async def wrap_model_request(
+        self,
+        ctx: RunContext[Any],
+        *,
+        request_context: ModelRequestContext,
+        handler: WrapModelRequestHandler,
+    ) -> ModelResponse:
+        try:
+            return await handler(request_context)
+        except ModelAPIError:
+            # The provider refused or failed the request (after the SDK's own retries): a
+            # failure, with the model asked for. Other exceptions (a capability's ModelRetry,
+            # a validation error) are the run's control flow, not a failed request.
+            model = request_context.model
+            failed = CallUsage(model=model.model_name, provider=provider_id(model.system))
+            self.record_request(failed, ctx.deps, duration_ms=None, failed=True)
+            raise
