@@ -1,5 +1,6 @@
 """OpenAI Agents SDK conformance: real Agents over the Responses API (the model as a string and as
-a `Model` object), Chat Completions (`OpenAIChatCompletionsModel`) and Anthropic through
+a `Model` object), Chat Completions (`OpenAIChatCompletionsModel`), Gemini through its
+OpenAI-compatible endpoint (the provider from the client's base URL) and Anthropic through
 `LitellmModel` (5-minute cache writes: the SDK's `Usage` keeps no TTL split, see the module),
 their clients over mock HTTP transports; metered by `UsageHooks` and by handing the SDK's own
 objects to `call.response` / `track_stream`; each row through a real worker, compared with
@@ -13,6 +14,7 @@ that reads only string settings: with `AI_USAGE_MUTATION=agents-model` this suit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -40,9 +42,11 @@ from worker.client.integrations.openai_agents import UsageHooks
 pytestmark = pytest.mark.e2e
 
 #: provider x how the agent's model is set.
-SETUPS = ("responses-string", "responses-model", "chat-model", "anthropic-litellm")
+SETUPS = ("responses-string", "responses-model", "chat-model", "anthropic-litellm", "gemini-chat")
 GPT = "gpt-5.5"
 CLAUDE = "claude-sonnet-5-5"
+#: Gemini through its OpenAI-compatible endpoint (a chat model whose client points there).
+GEMINI_OPENAI = "https://generativelanguage.googleapis.com/v1beta/openai/"
 
 
 def broken_agent_model(setting: Any) -> tuple[str | None, str | None]:
@@ -80,7 +84,7 @@ def no_tracing() -> Iterator[None]:
 
 def usages(setup: str) -> list[dict[str, Any]]:
     """Two requests' wire usage (a tool run's first and second), cache in both."""
-    if setup == "chat-model":
+    if setup in ("chat-model", "gemini-chat"):
         return [s.chat_usage(12_000, 400, 9_000, 120), s.chat_usage(12_600, 90, 12_000)]
     if setup == "anthropic-litellm":
         return [
@@ -96,14 +100,19 @@ def usages(setup: str) -> list[dict[str, Any]]:
 def truth(setup: str, usage: dict[str, Any]) -> Truth:
     if setup == "anthropic-litellm":
         return s.truth(usage, CLAUDE, "anthropic")
+    if setup == "gemini-chat":
+        # The wire is OpenAI's chat format (read by genai-prices' chat extractor); the provider,
+        # and the price, Google's.
+        return dataclasses.replace(s.truth(usage, s.GEMINI, "openai", "chat"), provider="google")
     return s.truth(usage, GPT, "openai", "chat" if setup == "chat-model" else "responses")
 
 
 def answer(setup: str, usage: dict[str, Any], stream: bool, tool_call: bool) -> Any:
-    if setup == "chat-model":
+    if setup in ("chat-model", "gemini-chat"):
+        name = GPT if setup == "chat-model" else s.GEMINI
         if stream:
-            return s.chat_stream(GPT, usage)
-        return s.chat_tool_call(GPT, usage) if tool_call else s.wire.chat_completion(GPT, usage)
+            return s.chat_stream(name, usage)
+        return s.chat_tool_call(name, usage) if tool_call else s.wire.chat_completion(name, usage)
     if setup == "anthropic-litellm":
         if stream:
             return s.anthropic_stream(CLAUDE, usage)
@@ -136,6 +145,12 @@ def agent(setup: str, replay: Replay) -> Agent[Any]:
         model = LitellmModel(f"anthropic/{CLAUDE}", api_key="x")
         handler = SharedHandler(transport=replay.atransport())
         settings = ModelSettings(include_usage=True, extra_args={"client": handler})
+    elif setup == "gemini-chat":
+        client = AsyncOpenAI(
+            api_key="x", base_url=GEMINI_OPENAI, http_client=replay.ahttpx2(), max_retries=0
+        )
+        model = OpenAIChatCompletionsModel(s.GEMINI, client)
+        settings = ModelSettings(include_usage=True)  # the SDK asks only OpenAI's by default
     else:
         client = AsyncOpenAI(api_key="x", http_client=replay.ahttpx2(), max_retries=0)
         if setup == "responses-string":
