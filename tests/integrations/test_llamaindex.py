@@ -8,6 +8,7 @@ usage.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,3 +207,37 @@ def test_stream_broken_midway_is_a_failure(case: Case, handler: UsageEventHandle
         for _ in llm("anthropic", replay).stream_chat(ASK):
             pass
     s.conform(case.db, case.tenant, [s.failure(s.SONNET, "")])
+
+
+@pytest.mark.parametrize("mode", ["call", "stream"])
+@pytest.mark.parametrize("provider", ["openai-chat", "anthropic"])
+def test_event_handler_async(
+    case: Case, handler: UsageEventHandler, provider: str, mode: str
+) -> None:
+    """achat / astream_chat reach the handler through the same events."""
+    replay, truths = scenario(provider, mode)
+    made: FunctionCallingLLM
+    if provider == "anthropic":
+        made = llm(provider, replay)
+        made._aclient = anthropic.AsyncAnthropic(
+            api_key="x", http_client=replay.ahttpx(), max_retries=0
+        )
+    else:
+        made = OpenAI(
+            model="gpt-4.1",
+            api_key="x",
+            async_http_client=replay.ahttpx(),
+            max_retries=0,
+            additional_kwargs={"stream_options": {"include_usage": True}},
+        )
+
+    async def converse() -> None:
+        if mode == "call":
+            await made.achat(ASK)
+            return
+        async for _ in await made.astream_chat(ASK):
+            pass
+
+    with instrument_tags({"tenant_id": str(case.tenant)}):
+        asyncio.run(converse())
+    case.conform(truths)
