@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest browser docs
+.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest browser docs test-integrations
 
 install: $(STAMP)
 
@@ -55,6 +55,36 @@ test-oldest: install
 	$(OLDEST)/bin/python -c 'import celery, kombu, redis; print("celery", celery.__version__, "kombu", kombu.__version__, "redis", redis.__version__)'
 	$(OLDEST)/bin/pytest tests/test_transport_canary.py tests/test_client.py tests/test_e2e.py tests/faults $(ARGS)
 	$(OLDEST)/bin/python -m tests.kombu_suite
+
+# The frameworks' conformance suite (tests/integrations) and its mutation check, from two
+# virtualenvs of its own: the frameworks pinned in tests/integrations/requirements.txt on top of
+# `.[dev]`, and LlamaIndex (it needs openai<3, `.[dev]` openai>=3) in requirements-llamaindex.txt
+# on top of `.[worker,embedded]`. Uses TEST_DATABASE_URL / TEST_REDIS_URL as `make test` does.
+INTEGRATIONS := .venv-integrations
+LLAMAINDEX := .venv-llamaindex
+PIP_QUIET := --quiet --quiet --disable-pip-version-check
+# LiteLLM fetches its cost map from GitHub when imported, unless told not to (no test touches
+# the network).
+NO_FETCH := LITELLM_LOCAL_MODEL_COST_MAP=True
+
+$(INTEGRATIONS)/.installed: pyproject.toml tests/integrations/requirements.txt
+	@test -x $(INTEGRATIONS)/bin/python || $(PYTHON) -m venv $(INTEGRATIONS)
+	$(INTEGRATIONS)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(INTEGRATIONS)/bin/python -m pip install $(PIP_QUIET) -e '.[dev]' -r tests/integrations/requirements.txt
+	@touch $@
+
+$(LLAMAINDEX)/.installed: pyproject.toml tests/integrations/requirements-llamaindex.txt
+	@test -x $(LLAMAINDEX)/bin/python || $(PYTHON) -m venv $(LLAMAINDEX)
+	$(LLAMAINDEX)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(LLAMAINDEX)/bin/python -m pip install $(PIP_QUIET) -e '.[worker,embedded]' \
+		-r tests/integrations/requirements-llamaindex.txt 'pytest>=8.2' 'pytest-timeout>=2.3' httpx2
+	@touch $@
+
+test-integrations: $(INTEGRATIONS)/.installed $(LLAMAINDEX)/.installed
+	$(NO_FETCH) $(INTEGRATIONS)/bin/pytest tests/integrations \
+		--ignore=tests/integrations/test_llamaindex.py $(ARGS)
+	$(LLAMAINDEX)/bin/pytest tests/integrations/test_llamaindex.py $(ARGS)
+	$(NO_FETCH) $(INTEGRATIONS)/bin/python -m tests.integrations.mutations
 
 # ruff and mypy strict over worker/, tests/ and bench/ (the files of pyproject's [tool.mypy]).
 lint: install

@@ -183,28 +183,26 @@ def test_invalid_input_raises_at_the_call_site_naming_the_field(broker: FakeBrok
 
 
 def test_extract_usage_from_sdk_shapes() -> None:
-    anthropic = SimpleNamespace(
-        model="claude-3-5-sonnet-20241022", usage=SimpleNamespace(input_tokens=11, output_tokens=22)
-    )
-    chat = SimpleNamespace(
-        usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6, total_tokens=11)
-    )
+    # SDK responses as dicts (read by their provider-specific keys).
+    anthropic = {
+        "model": "claude-3-5-sonnet-20241022",
+        "usage": {"input_tokens": 11, "output_tokens": 22},
+    }
+    chat = {"usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}}
     responses = {"usage": {"input_tokens": 7, "output_tokens": 8}}
     assert extract_usage(anthropic) == (11, 22)
     assert extract_usage(chat) == (5, 6)
     assert extract_usage(responses) == (7, 8)
-    assert extract_usage(SimpleNamespace()) is None
+    assert extract_usage({}) is None
+    # An object of no SDK's type, however alike its attributes, is not read (issue 24).
+    assert extract_usage(SimpleNamespace(usage=SimpleNamespace(**chat["usage"]))) is None
 
 
 def test_track_usage_times_and_records_failures(broker: FakeBroker) -> None:
     client = broker.client(mode="sync")
     with client.track_usage(tenant_id=TENANT, operation="summarise") as call:
         time.sleep(0.01)
-        call.response(
-            SimpleNamespace(
-                model="gpt-4o", usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6)
-            )
-        )
+        call.response({"model": "gpt-4o", "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
     with (
         pytest.raises(RuntimeError),
         client.track_usage(tenant_id=TENANT, operation="summarise", model="gpt-4o"),
@@ -213,10 +211,10 @@ def test_track_usage_times_and_records_failures(broker: FakeBroker) -> None:
 
     @client.track(tenant_id=TENANT, operation="draft")
     def ask() -> Any:
-        return SimpleNamespace(
-            model="claude-3-5-haiku-20241022",
-            usage=SimpleNamespace(input_tokens=1, output_tokens=2),
-        )
+        return {
+            "model": "claude-3-5-haiku-20241022",
+            "usage": {"input_tokens": 1, "output_tokens": 2},
+        }
 
     ask()
     ok, failed, decorated = sorted(

@@ -394,8 +394,10 @@ def test_read_usage_and_the_compatible_extract_usage() -> None:
     assert (found.input_tokens, found.cache_read_tokens, found.model) == (1000, 900, SONNET)
     # The (input, output) pair of old, input now counting the cache (genai-prices' convention).
     assert extract_usage(message) == (1000, 5)
-    assert extract_usage(
-        SimpleNamespace(usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6))
-    ) == (5, 6)
+    # An object of no provider SDK's type is not read by the look of its attributes (issue 24).
+    assert (
+        extract_usage(SimpleNamespace(usage=SimpleNamespace(prompt_tokens=5, completion_tokens=6)))
+        is None
+    )
     assert extract_usage({"usage": {"input_tokens": 7, "output_tokens": 8}}) == (7, 8)
     assert extract_usage(SimpleNamespace()) is None and read_usage(object()) is None

@@ -23,6 +23,11 @@ part its extractors know (`message_start.message`, `response.completed.response`
 ConverseStream `metadata`), and an Anthropic stream's start and delta usages are merged, as
 the SDK's own accumulator merges them (genai-prices has no stream extractors).
 
+A shape is only looked for in objects of a type read here: a provider SDK's own (the top
+package of its type's module: anthropic, openai, google) or a dict. Any other type (a
+framework's object, say) is not read by shape: worker.client.integrations reads the frameworks'
+objects, and anything else is recorded unpriced by the tracker, with a warning.
+
 Nothing here imports an SDK; genai-prices is imported on the first read only (about 200 ms),
 never when `worker.client` is imported.
 """
@@ -112,10 +117,48 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+#: The provider SDKs whose objects are read here, by the top package of their type's module,
+#: and the providers whose shapes each may take. A dict (what boto3 returns, or an SDK object
+#: dumped) may be any provider's: its provider-specific keys decide.
+SDK_PROVIDERS: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"anthropic"}),
+    "openai": frozenset({"openai"}),
+    "google": frozenset({"google"}),
+    # Vertex AI's own SDK (google-cloud-aiplatform): its GenerationResponse has Gemini's shape.
+    "vertexai": frozenset({"google"}),
+}
+_ANY_PROVIDER = frozenset({"anthropic", "openai", "google", "aws"})
+
+
+def providers_of(obj: Any) -> frozenset[str] | None:
+    """The providers `obj`'s TYPE may be a response of: every one for a dict, the SDK's own
+    for a provider SDK's object, None for any other type (read by no shape here: another
+    library's object is never taken for a provider's because its attributes look alike)."""
+    if isinstance(obj, Mapping):
+        return _ANY_PROVIDER
+    top = (type(obj).__module__ or "").partition(".")[0]
+    return SDK_PROVIDERS.get(top)
+
+
+def known(obj: Any) -> bool:
+    """Whether `obj` is of a type read here (a provider SDK's object or a dict)."""
+    return providers_of(obj) is not None
+
+
 def piece(obj: Any) -> Piece | None:
-    """Recognise `obj`'s shape; None when it carries no usage (most stream chunks)."""
+    """Recognise `obj`'s shape; None when it carries no usage (most stream chunks) or when
+    its type is not one read here (see providers_of)."""
     if obj is None or isinstance(obj, str | bytes | int | float):
         return None
+    allowed = providers_of(obj)
+    if allowed is None:
+        return None
+    found = _shape(obj)
+    # An SDK's object is only ever read as that SDK's provider's response.
+    return found if found is None or found.provider in allowed else None
+
+
+def _shape(obj: Any) -> Piece | None:
     kind = get(obj, "type")
     if kind == "message_start":
         message = get(obj, "message")
@@ -128,7 +171,7 @@ def piece(obj: Any) -> Piece | None:
         return None if usage is None else Piece("anthropic", "default", usage, None, merge=True)
     if kind == "chunk" and get(obj, "snapshot") is not None:
         # An event of OpenAI's chat.completions.stream() helper: the raw chunk inside.
-        return piece(get(obj, "chunk"))
+        return _shape(get(obj, "chunk"))
     if isinstance(kind, str) and kind.startswith("response."):
         # OpenAI Responses stream events: response.completed (also .incomplete, .failed)
         # carries the whole Response; the earlier ones carry it with usage still null.

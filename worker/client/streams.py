@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Kind = Literal["sync", "async", "awaitable", "manager", "async_manager"]
+Kind = Literal["sync", "async", "dual", "awaitable", "manager", "async_manager"]
 
 
 class Sink(Protocol):
@@ -28,6 +28,9 @@ class Sink(Protocol):
 
     def feed(self, item: Any) -> None:
         """Read one chunk, event or message; never raises."""
+
+    def opened(self, stream: Any) -> None:
+        """See the stream object itself, before its chunks; never raises."""
 
 
 OnEnd = Callable[[bool], None] | None
@@ -46,7 +49,8 @@ def stream_kind(obj: Any) -> Kind | None:
     if type(obj).__name__.endswith("StreamManager"):  # the SDKs' name for them
         return "async_manager" if hasattr(obj, "__aenter__") else "manager"
     if hasattr(obj, "__aiter__"):
-        return "async"
+        # LiteLLM's CustomStreamWrapper is both: the application may use `for` or `async for`.
+        return "dual" if hasattr(obj, "__iter__") else "async"
     if hasattr(obj, "__iter__"):
         return "sync"
     if inspect.isawaitable(obj):
@@ -136,6 +140,52 @@ class TrackedStream(_Ending, Generic[T]):
         self._close(exc_type is not None)
 
 
+class DualTrackedStream(TrackedStream[T]):
+    """A stream that is both iterable and async-iterable (LiteLLM's CustomStreamWrapper, the
+    same object for `completion(stream=True)` and `acompletion(stream=True)`): passed
+    through to whichever of `for` and `async for` the application uses."""
+
+    def __init__(self, stream: Any, sink: Sink, on_end: OnEnd) -> None:
+        self._aiterator: AsyncIterator[T] | None = None
+        super().__init__(stream, sink, on_end)
+
+    def __aiter__(self) -> DualTrackedStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            if self._aiterator is None:
+                self._aiterator = self._stream.__aiter__()
+            item = await self._aiterator.__anext__()
+        except StopAsyncIteration:
+            self._end(False)
+            raise
+        except BaseException:
+            self._end(True)
+            raise
+        self._sink.feed(item)
+        return item
+
+    async def aclose(self) -> None:
+        """Close the underlying stream (its aclose, else its close) and record what was seen."""
+        try:
+            close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
+            if callable(close):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        finally:
+            self._end(False)
+
+    async def __aenter__(self) -> DualTrackedStream[T]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        if exc_type is not None:
+            self._end(True)
+        await self.aclose()
+
+
 class AsyncTrackedStream(_Ending, Generic[T]):
     """An async stream (or an awaitable of one, such as `AsyncOpenAI`'s
     `create(stream=True)` coroutine), passed through."""
@@ -158,6 +208,7 @@ class AsyncTrackedStream(_Ending, Generic[T]):
                     # Forgotten before the await: a request that fails is a call to record.
                     pending, self._pending = self._pending, None
                     self._stream = await pending
+                    self._sink.opened(self._stream)
                 if not hasattr(self._stream, "__aiter__"):
                     # Not a stream after all: read it as a whole response.
                     log.warning(
@@ -288,6 +339,8 @@ def wrap(stream: Any, kind: Kind, sink: Sink, on_end: OnEnd) -> Any:
     """The pass-through wrapper for a stream of `kind` (see stream_kind)."""
     if kind == "sync":
         return TrackedStream[Any](stream, sink, on_end)
+    if kind == "dual":
+        return DualTrackedStream[Any](stream, sink, on_end)
     if kind in ("async", "awaitable"):
         return AsyncTrackedStream[Any](stream, sink, on_end)
     return TrackedStreamManager(stream, sink, on_end)

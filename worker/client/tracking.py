@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from worker.client import fast
-from worker.client.responses import read_usage
+from worker.client import fast, integrations
+from worker.client.responses import CallUsage, read_usage
 from worker.client.streams import Kind as StreamKind
 from worker.client.streams import stream_kind, wrap
 from worker.client.tracker import UsageTracker, type_name, warn_once
@@ -74,6 +74,11 @@ class TrackedCall:
         self._started = time.perf_counter()
         return self.tracker
 
+    def default(self, **fields: Any) -> None:
+        """Set fields the call was not given (an integration's fallback model, say)."""
+        for key, value in fields.items():
+            self._fields.setdefault(key, value)
+
     def __enter__(self) -> UsageTracker:
         return self.start()
 
@@ -87,37 +92,75 @@ class TrackedCall:
         self.finish(exc_type is not None)
 
     def finish(self, failed: bool, what: str | None = None) -> None:
-        """Record the call; logs, never raises."""
+        """Record the call (one event per model request read); logs, never raises."""
         try:
-            self._record(**self._values(failed, what or self.tracker.describe()))
+            for values in self._events(failed, what or self.tracker.describe()):
+                self._record(**values)
         except Exception:
             log.exception("could not record the usage of an AI call (%s)", self._fields)
 
-    def _values(self, failed: bool, what: str) -> dict[str, Any]:
+    def _events(self, failed: bool, what: str) -> list[dict[str, Any]]:
         values = {k: v for k, v in self._fields.items() if v is not None}
         values.setdefault("duration_ms", int((time.perf_counter() - self._started) * 1000))
-        read = self.tracker.usage()
-        if not any(key in values for key in USAGE_FIELDS):
-            if read is not None:
-                values.update(read.event_fields())
-            else:
-                values.update(input_tokens=0, output_tokens=0)
-                if not failed:
-                    hint = (
-                        "; stream with stream_options={'include_usage': True}"
-                        if "ChatCompletionChunk" in what
-                        else ""
-                    )
-                    warn_once(
-                        f"unread:{what}",
-                        "no usage could be read from the %s: recorded with 0 tokens, which the"
-                        " worker stores unpriced (cost NULL, never $0); give the usage with"
-                        " call.tokens(...)%s",
-                        what,
-                        hint,
-                    )
+        values["success"] = "failure" if failed else values.get("success", "success")
+        if any(key in values for key in USAGE_FIELDS):
+            return [self._named(values, None, failed, what)]
+        found = self.tracker.requests()
+        if not found:
+            values.update(input_tokens=0, output_tokens=0)
+            if not failed:
+                self._warn_unread(what)
+            return [self._named(values, None, failed, what)]
+        events = []
+        for n, request in enumerate(found):
+            event = dict(values)
+            if n:
+                # A multi-request run (a tool loop): one event per request. The call's
+                # duration is the first's (the requests' own are not known); ids derived
+                # from a given id stay stable across retries of the same record.
+                event.pop("duration_ms", None)
+                if "id" in event:
+                    event["id"] = uuid.uuid5(uuid.UUID(str(event["id"])), f"request-{n}")
+            event.update(request.event_fields())
+            events.append(self._named(event, request, failed, what))
+        return events
+
+    def _warn_unread(self, what: str) -> None:
+        unknown = self.tracker.unknown
+        if unknown is not None:
+            warn_once(
+                f"unread:{unknown}",
+                "no usage could be read from the %s: a %s is not a response the client reads;"
+                " recorded with 0 tokens, which the worker stores unpriced (cost NULL, never"
+                " $0); %s",
+                what,
+                unknown,
+                integrations.advice(self.tracker.framework),
+            )
+            return
+        hint = (
+            "; stream with stream_options={'include_usage': True}"
+            if "ChatCompletionChunk" in what or "ModelResponseStream" in what
+            else ""
+        )
+        warn_once(
+            f"unread:{what}",
+            "no usage could be read from the %s: recorded with 0 tokens, which the"
+            " worker stores unpriced (cost NULL, never $0); give the usage with"
+            " call.tokens(...)%s",
+            what,
+            hint,
+        )
+
+    def _named(
+        self, values: dict[str, Any], request: CallUsage | None, failed: bool, what: str
+    ) -> dict[str, Any]:
+        """`values` with the model and provider: the fields', else the request's, else the
+        responses'."""
+        model = request.model if request is not None else None
+        provider = request.provider if request is not None else None
         if "model" not in values:
-            values["model"] = self.tracker.model or UNKNOWN_MODEL
+            values["model"] = model or self.tracker.model or UNKNOWN_MODEL
             if values["model"] == UNKNOWN_MODEL and not failed:
                 warn_once(
                     f"model:{what}",
@@ -126,9 +169,10 @@ class TrackedCall:
                     what,
                     UNKNOWN_MODEL,
                 )
-        if "provider" not in values and self.tracker.provider is not None:
-            values["provider"] = self.tracker.provider
-        values["success"] = "failure" if failed else values.get("success", "success")
+        if "provider" not in values:
+            provider = provider or self.tracker.provider
+            if provider is not None:
+                values["provider"] = provider
         return values
 
 
@@ -234,6 +278,7 @@ def _returned(call: TrackedCall, result: Any) -> Any:
 def _wrapped(call: TrackedCall, stream: Any, kind: StreamKind) -> Any:
     """`stream` passed through, the call recorded when it ends."""
     name = type_name(stream)
+    call.tracker.opened(stream)
 
     def on_end(failed: bool) -> None:
         call.finish(failed, f"{name} stream of {call.tracker.describe()}")
