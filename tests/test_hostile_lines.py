@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from sqlalchemy import Engine
 
 from worker.health.check import Check
 
@@ -41,3 +42,23 @@ def test_a_client_warning_shows_a_hostile_value_by_the_rule(
     assert "\n" not in message and message.isprintable()
     assert message.startswith("could not read the usage of a m\\x1b]0;retitled")
     assert message.endswith(": 7")
+
+
+def test_a_failed_reconcile_runs_error_is_one_bounded_line_in_check(db: Engine) -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    from worker.health.reconcile import check_reconcile
+    from worker.ledger.reconcile import Scope, store
+    from worker.settings import load_settings
+
+    # The error of a failed run may quote the provider's response: as long and as hostile as
+    # the provider likes. `ai-usage check` shows it on its one line, escaped and cut.
+    day = dt.date(2026, 11, 1)
+    with db.begin() as conn:
+        run = store.start_run(conn, "openai", day, day, Scope((), (), ()), Decimal(1), Decimal(0))
+        store.finish_run(conn, run, "HTTP 500: " + HOSTILE + "x" * 10_000)
+    [check] = check_reconcile(db, load_settings())
+    line = check.line()
+    assert line.isprintable() and "\\x1b]0;retitled" in line and "\\nOK   forged" in line
+    assert len(line) < 400 and line.endswith("…")
