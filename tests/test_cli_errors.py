@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -117,3 +118,32 @@ def test_debug_shows_the_traceback() -> None:
     out = cli("--debug", "report", DATABASE_URL=url)
     assert out.returncode != 0
     assert "Traceback" in out.stderr
+
+
+HOSTILE_ARG = "x\x1b]0;retitled\x07\u202e\x9b2J\nOK   forged line"
+
+
+def test_a_hostile_argument_in_a_usage_error_reaches_no_terminal_raw() -> None:
+    # argparse quotes an unrecognised argument as it is (not as a repr): the error line must
+    # still be one line with every control shown as an escape.
+    out = cli("report", HOSTILE_ARG)
+    assert out.returncode == 2, out.stderr
+    line = one_line(out)
+    assert "unrecognized arguments" in line
+    assert line.isprintable() and "\\x1b]0;retitled\\x07\\u202e\\x9b2J\\n" in line
+
+
+def test_an_error_quoting_a_multi_line_value_stays_one_line() -> None:
+    from worker.cli.common import CommandError
+
+    # A command's error may quote what a provider or producer sent (a reconcile fetch error
+    # quotes the provider's response): it is still one line on stderr, shown by the rule.
+    script = (
+        "import sys; from worker.cli.common import warn; "
+        f"warn('ai-usage: ' + {str(CommandError(HOSTILE_ARG))!r})"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    line = one_line(out)
+    assert line.isprintable() and line.endswith("\\nOK   forged line")

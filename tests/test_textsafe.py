@@ -15,6 +15,7 @@ import unicodedata
 import uuid
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wcwidth import width
@@ -22,7 +23,15 @@ from wcwidth import width
 from worker.ledger.htmlpage import MAX_RECONCILIATION_ROWS, json_for_script, render_page
 from worker.ledger.htmlreport import PageData
 from worker.logs import TRACE_PREFIX, JsonFormatter, RedactingFormatter
-from worker.textsafe import ELLIPSIS, FORMULA_PREFIXES, csv_document, cut, text_table, visible
+from worker.textsafe import (
+    ELLIPSIS,
+    FORMULA_PREFIXES,
+    MAX_MARKS,
+    csv_document,
+    cut,
+    text_table,
+    visible,
+)
 
 RAW = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 # Any code point, the escaped ones made likely.
@@ -30,7 +39,7 @@ hostile = st.text(
     st.one_of(
         st.characters(codec="utf-8"),
         st.sampled_from("\x1b\x07\r\n\t\x00\x7f\x85\x9b\u202e\u2066\u200b\u200d\ufeff\u2028"),
-        st.sampled_from("=+-@'\"\\,;<>&コ\u0301"),
+        st.sampled_from("=+-@'\"\\,;<>&コ\u0301\u3164\U0001f469"),
     ),
     max_size=60,
 )
@@ -46,7 +55,9 @@ def test_visible_leaves_nothing_raw_and_is_idempotent(text: str) -> None:
     shown = visible(text)
     assert not raw(shown)
     assert visible(shown) == shown
-    if text.isprintable():
+    flood = re.search(rf"[\u0300-\u036f]{{{MAX_MARKS + 1}}}", text)
+    blank = re.search("[\u034f\u115f\u1160\u3164\uffa0]", text)
+    if text.isprintable() and not flood and not blank:
         assert shown == text  # plain text is untouched
 
 
@@ -60,8 +71,10 @@ def test_cut_fits_its_width_and_never_splits_an_escape(text: str, columns: int) 
         assert shown.endswith(ELLIPSIS)
         kept = shown[: -len(ELLIPSIS)]
         assert visible(text).startswith(kept)
-        # Cut between escapes: what was kept is whole escapes and characters.
-        assert not re.search(r"\\(x[0-9a-f]{0,1}|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})$", kept)
+        # Cut between escapes: what was kept is whole escapes and characters (a backslash in
+        # the text itself may be followed by anything: it is not an escape).
+        if "\\" not in text:
+            assert not re.search(r"\\(x[0-9a-f]{0,1}|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})$", kept)
 
 
 def test_cut_counts_wide_characters_and_combining_marks() -> None:
@@ -69,6 +82,39 @@ def test_cut_counts_wide_characters_and_combining_marks() -> None:
     assert width(cut("コンニチハ世界", 7)) == 7
     assert cut("e\u0301" * 10, 10) == "e\u0301" * 10  # 10 columns: fits whole
     assert cut("\x1b]0;" + "x" * 40, 20) == "\\x1b]0;" + "x" * 12 + ELLIPSIS
+
+
+def test_cut_keeps_what_fits_of_a_cluster_that_holds_an_escape() -> None:
+    # A family emoji is one grapheme cluster whose joiners are shown as \u200d: 30 columns in
+    # all. Cut to 20 it kept nothing but the ellipsis; it keeps the escapes that fit.
+    family = "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 fam"
+    shown = cut(family, 20)
+    assert shown == "\U0001f469\\u200d\U0001f469\\u200d\U0001f467" + ELLIPSIS
+    assert width(shown) <= 20
+
+
+@pytest.mark.parametrize("filler", ["\u115f", "\u1160", "\u3164", "\uffa0", "\u034f"])
+def test_characters_that_draw_nothing_are_escaped(filler: str) -> None:
+    # Hangul fillers and the combining grapheme joiner are letters or marks (not Cf) but draw
+    # nothing: a name made of them looks blank, or like another name with a space.
+    name = f"admin{filler}{filler}"
+    assert visible(name) == f"admin\\u{ord(filler):04x}\\u{ord(filler):04x}"
+    assert visible(visible(name)) == visible(name)
+    assert visible("\u2800") == "\u2800"  # braille blank: a symbol, drawn as an empty cell
+
+
+def test_a_flood_of_combining_marks_is_escaped_past_four() -> None:
+    # Zalgo: marks stacked on one letter draw over the rows above and below in a terminal.
+    # Up to four (Vietnamese needs two, Tibetan stacks a few) stay; the rest are escapes, so
+    # the table's width counts them and nothing is drawn outside the row.
+    flood = "e" + "\u0301" * 50
+    shown = visible(flood)
+    assert shown == "e" + "\u0301" * 4 + "\\u0301" * 46
+    assert visible(shown) == shown
+    assert visible("Vi\u1ec7t e\u0302\u0301") == "Vi\u1ec7t e\u0302\u0301"
+    assert width(cut(flood * 200, 20)) <= 20
+    table = text_table(["name", "n"], [[flood, "1"], ["plain", "2"]], max_widths=[24])
+    assert "\u0301" * 5 not in table
 
 
 @settings(max_examples=150, deadline=None)

@@ -8,6 +8,9 @@ dead-letter reasons from any producer. Before such a value reaches a terminal or
   zero-width space, joiners and BOM, the soft hyphen) is shown as a visible escape
   (``\\x1b``, ``\\r``, ``\\u202e``), so a value can never move the cursor, end a line, start
   a new row, retitle a window or reorder the text beside it;
+- so is every character that draws nothing while not Cf (the Hangul fillers, the combining
+  grapheme joiner), and every combining mark past MAX_MARKS in a row (a "Zalgo" flood draws
+  over the rows above and below);
 - a value is cut by display width (East Asian wide characters count 2 columns, combining
   marks 0: wcwidth's tables), between grapheme clusters and never inside an escape, with an
   ellipsis;
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
@@ -34,6 +38,7 @@ from decimal import Decimal
 __all__ = [
     "ELLIPSIS",
     "FORMULA_PREFIXES",
+    "MAX_MARKS",
     "csv_document",
     "cut",
     "display_width",
@@ -47,12 +52,22 @@ ELLIPSIS = "…"
 #: zero-width characters, BOM, soft hyphen, tags), line and paragraph separators, surrogates.
 _ESCAPED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+#: Splits a shown text into its escapes and single characters (the escapes kept whole).
+_ESCAPES = re.compile(r"(\\[tnr]|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.)", re.S)
 
 
-@functools.lru_cache(maxsize=4096)
+#: Letters and marks that draw nothing (Unicode's default-ignorable code points outside Cf):
+#: the Hangul fillers, the combining grapheme joiner, Khmer's inherent vowels. A name made of
+#: them looks blank, or like another name; they are shown as escapes too.
+_BLANK = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+#: Combining marks (Mn, Me) kept in a row on one character: Vietnamese needs two, Tibetan
+#: stacks a few; past this a flood ("Zalgo") would draw over the rows above and below, so
+#: the rest are shown as escapes (and counted in the width).
+MAX_MARKS = 4
+_MARKS = frozenset({"Mn", "Me"})
+
+
 def _escape(ch: str) -> str:
-    if unicodedata.category(ch) not in _ESCAPED:
-        return ch
     if ch in _NAMED:
         return _NAMED[ch]
     code = ord(ch)
@@ -63,13 +78,28 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _shown(ch: str) -> tuple[str, bool]:
+    """`ch` as shown, and whether it is a combining mark kept as it is."""
+    category = unicodedata.category(ch)
+    if category in _ESCAPED or ch in _BLANK:
+        return _escape(ch), False
+    return ch, category in _MARKS
+
+
 def visible(text: str) -> str:
-    """`text` with every control, separator and format character shown as an escape."""
-    # str.isprintable() is False for every escaped category (and a few harmless spaces): the
-    # common case, plain text, costs one C-level scan.
-    if text.isprintable():
+    """`text` with every control, separator and format character, every character that draws
+    nothing, and every combining mark past MAX_MARKS in a row shown as an escape."""
+    # Plain ASCII text (figures, ids, most names) costs one C-level scan.
+    if text.isascii() and text.isprintable():
         return text
-    return "".join(_escape(ch) for ch in text)
+    out: list[str] = []
+    marks = 0
+    for ch in text:
+        shown, mark = _shown(ch)
+        marks = marks + 1 if mark else 0
+        out.append(_escape(ch) if marks > MAX_MARKS else shown)
+    return "".join(out)
 
 
 def _tokens(text: str) -> Iterator[tuple[str, int]]:
@@ -78,7 +108,14 @@ def _tokens(text: str) -> Iterator[tuple[str, int]]:
 
     for cluster in iter_graphemes(text):
         shown = visible(cluster)
-        yield shown, width(shown)
+        if shown == cluster or len(cluster) == 1:
+            yield shown, width(shown)
+        else:
+            # A cluster holding an escape (an emoji's joiners, a control with marks) is no
+            # longer drawn as one glyph: it may be cut between its escapes and characters.
+            for token in _ESCAPES.split(shown):
+                if token:
+                    yield token, width(token)
 
 
 def display_width(text: str) -> int:

@@ -46,7 +46,10 @@ class Parser(argparse.ArgumentParser):
     """argparse, except that a usage error is one line (and exit 2), not usage text."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        # argparse quotes some arguments as typed (not as a repr: "unrecognized arguments"):
+        # the line is shown by the rule for untrusted text, like every other error.
+        line = f"{self.prog}: error: {message} (see `{self.prog} --help`)"
+        self.exit(EXIT_USAGE, _visible(line) + "\n")
 
 
 def positive_int(value: str) -> int:
@@ -129,5 +132,13 @@ def to_terminal() -> bool:
 
 
 def warn(text: str) -> None:
-    """Print a line to stderr, shown by the rule for untrusted text (errors may quote a value)."""
-    print(shown(text), file=sys.stderr, flush=True)
+    """Print one line to stderr, shown by the rule for untrusted text: an error may quote a
+    value (a provider's response, a producer's field), and its newlines are escaped too, so
+    it can never forge a second line."""
+    print(_visible(text), file=sys.stderr, flush=True)
+
+
+def _visible(text: str) -> str:
+    from worker.textsafe import visible
+
+    return visible(text)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from worker.client import integrations
 from worker.client.responses import CallUsage, Piece, extract, get, known, merged, piece, text
 from worker.client.streams import stream_kind, wrap
+from worker.textsafe import visible
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,12 @@ def warn_once(key: str, message: str, *args: Any) -> None:
     # Once per response type, not per call: an application in a loop would flood its log.
     if key not in _warned:
         _warned.add(key)
-        log.warning(message, *args)
+        # These lines go to the host application's log, through its own formatter (not
+        # worker.logs): a value quoted from a response (a type's name, an error quoting a field)
+        # is shown by the rule for untrusted text here, so it cannot end the line or send
+        # escapes to the application's terminal. worker.textsafe imports the standard library
+        # only, as the client must.
+        log.warning("%s", visible(message % args))
 
 
 def type_name(obj: Any) -> str:

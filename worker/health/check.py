@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from worker.logs import redact
+from worker.textsafe import visible
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -17,7 +18,9 @@ class Check:
     detail: str
 
     def line(self) -> str:
-        return redact(f"{self.status.upper():<4} {self.name:<14} {self.detail}")
+        """The check as one line: the detail may quote a provider's error or model names, so
+        it is shown by the rule for untrusted text (a newline in it cannot forge a check)."""
+        return redact(visible(f"{self.status.upper():<4} {self.name:<14} {self.detail}"))
 
 
 def first_line(exc: Exception) -> str:

@@ -50,11 +50,13 @@ def check_reconcile(
                 )
             )
         elif outcome == "failed":
+            # The error may quote the provider's response: escaped and cut, like the models.
             out.append(
                 Check(
                     "reconcile",
                     "warn",
-                    f"{provider}: last run ({started:%Y-%m-%d %H:%M}) failed: {error}",
+                    f"{provider}: last run ({started:%Y-%m-%d %H:%M}) failed:"
+                    f" {printable(error or '', 200)}",
                 )
             )
         else:
