@@ -30,6 +30,7 @@ from bench import (
     results,
     rollup,
     scale,
+    scaledata,
     scaleout,
     throughput,
     writepath,
@@ -104,6 +105,7 @@ class Plan:
     soak_rate: int
     scale_rows: list[int]
     scale_events: int
+    scale_prune_rows: int
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
@@ -133,6 +135,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         "--scale-rows",
         default="10M,30M",
         help="sizes of the month for the scale section, increasing (default 10M,30M)",
+    )
+    p.add_argument(
+        "--scale-prune-rows",
+        type=int,
+        default=10_000_000,
+        help="rows of the closed month the scale section prunes (default 10,000,000; 0 skips)",
     )
     p.add_argument(
         "--scale-events",
@@ -189,13 +197,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         soak_rate=a.soak_rate,
         scale_rows=[],
         scale_events=a.scale_events,
+        scale_prune_rows=a.scale_prune_rows,
     )
     try:
         plan.scale_rows = scale.parse_sizes(a.scale_rows)
     except ValueError as exc:
         p.error(str(exc))
-    if plan.scale_events < scale.BATCH:
-        p.error(f"--scale-events must be at least {scale.BATCH}")
+    if plan.scale_events < scaledata.BATCH:
+        p.error(f"--scale-events must be at least {scaledata.BATCH}")
     unknown = sorted(set(a.only or ()) - set(SECTIONS))
     if unknown:
         p.error(
@@ -361,7 +370,12 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             if "scale" in wanted:
                 raw["scale"] = phase(
                     "(8) scale: ingest, our additions and report --by user as the month grows",
-                    lambda: scale.scale(stack, plan.scale_rows, plan.scale_events),
+                    lambda: scale.scale(
+                        stack,
+                        plan.scale_rows,
+                        plan.scale_events,
+                        prune_rows=plan.scale_prune_rows,
+                    ),
                 )
             machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
