@@ -347,13 +347,13 @@ SCALE_FIGURES = (
     ),
     Figure(
         "scale_v7_largest_over_empty",
-        "    v7: largest size / empty, median of the rounds' ratios",
+        "    v7: largest size / empty, median of the runs' ratios",
         "",
         (*_BIG, "v7_over_empty"),
     ),
     Figure(
         "scale_v4_largest_over_empty",
-        "    v4: largest size / empty, median of the rounds' ratios",
+        "    v4: largest size / empty, median of the runs' ratios",
         "",
         (*_BIG, "v4_over_empty"),
     ),

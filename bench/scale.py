@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -90,35 +91,57 @@ def _null_fingerprints(batches: Sequence[PreparedBatch]) -> None:
             row.line = head + "\t\\N\n"
 
 
-def _run(stack: Stack, machine: Machine, batches: Sequence[PreparedBatch]) -> dict[str, Any]:
-    """Store the batches after a checkpoint and a dropped page cache; rates and costs."""
-    autocommit(stack, "CHECKPOINT")
+@dataclass
+class _Acc:
+    """One target's sums over a run."""
+
+    blks: int
+    seconds: list[float] = field(default_factory=list)
+    wal: float = 0.0
+    disk: int = 0
+
+
+def _run(
+    targets: Sequence[Stack], machine: Machine, batches: Sequence[PreparedBatch]
+) -> list[dict[str, Any]]:
+    """Store the batches into each target, batch by batch in turn (the same rows: each target
+    sees the same load in the same seconds), after a checkpoint and a dropped page cache; per
+    target its rate (rows / seconds spent in its stores), batch times, WAL and reads."""
+    for t in targets:
+        autocommit(t, "CHECKPOINT")
     machine.drop()
-    wal0 = scalar(stack, "SELECT pg_current_wal_lsn()")
-    disk0, blks0 = machine.read_bytes(), int(scalar(stack, STATIO) or 0)
-    times = []
-    started = time.perf_counter()
+    probe = targets[0]
+    acc = [_Acc(blks=int(scalar(t, STATIO) or 0)) for t in targets]
+    disk_known = machine.read_bytes() is not None
     for batch in batches:
-        batch.result = WriteResult(received=len(batch.rows))
-        t0 = time.perf_counter()
-        store_batch(stack.engine, batch)
-        times.append(time.perf_counter() - t0)
-    seconds = time.perf_counter() - started
-    disk1 = machine.read_bytes()
-    wal = scalar(stack, "SELECT pg_current_wal_lsn() - CAST(:w AS pg_lsn)", {"w": wal0})
-    blks = int(scalar(stack, STATIO) or 0) - blks0
+        for t, a in zip(targets, acc, strict=True):
+            wal0 = scalar(probe, "SELECT pg_current_wal_lsn()")
+            disk0 = machine.read_bytes() or 0
+            batch.result = WriteResult(received=len(batch.rows))
+            t0 = time.perf_counter()
+            store_batch(t.engine, batch)
+            a.seconds.append(time.perf_counter() - t0)
+            a.disk += (machine.read_bytes() or 0) - disk0
+            a.wal += float(
+                scalar(probe, "SELECT pg_current_wal_lsn() - CAST(:w AS pg_lsn)", {"w": wal0})
+            )
     n = sum(len(b.rows) for b in batches)
-    ms = sorted(t * 1000 for t in times)
-    return {
-        "events": n,
-        "rows_per_s": n / seconds,
-        "batch_p50_ms": round(statistics.median(ms), 2),
-        "batch_p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2),
-        "batch_max_ms": round(ms[-1], 2),
-        "wal_mb": round(float(wal) / 1e6, 1),
-        "disk_read_mb": None if disk0 is None or disk1 is None else round((disk1 - disk0) / 1e6, 1),
-        "pg_blocks_read_mb": round(blks * 8192 / 1e6, 1),
-    }
+    out = []
+    for t, a in zip(targets, acc, strict=True):
+        ms = sorted(x * 1000 for x in a.seconds)
+        out.append(
+            {
+                "events": n,
+                "rows_per_s": n / sum(a.seconds),
+                "batch_p50_ms": round(statistics.median(ms), 2),
+                "batch_p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2),
+                "batch_max_ms": round(ms[-1], 2),
+                "wal_mb": round(a.wal / 1e6, 1),
+                "disk_read_mb": round(a.disk / 1e6, 1) if disk_known else None,
+                "pg_blocks_read_mb": round((int(scalar(t, STATIO) or 0) - a.blks) * 8192 / 1e6, 1),
+            }
+        )
+    return out
 
 
 def _pairs(
@@ -129,32 +152,38 @@ def _pairs(
     n: int,
     rounds: int,
 ) -> dict[str, Any]:
-    """Runs of v7 and v4 ids into the table and, with `empty`, the same into an empty table of
-    another database (emptied before each of its runs), in an order rotated each round; the
-    ratios to the empty table are taken round by round: on this shared 2-core box the rate of
-    the same run moves by half from one minute to the next."""
-    order = ["v7", "v4"] + (["v7_empty", "v4_empty"] if empty is not None else [])
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
+    """`rounds` runs of v7 and of v4 ids (alternating which goes first), each into the table
+    and, with `empty`, into an empty table of another database (emptied before each run),
+    batch by batch in turn: on this shared 2-core box the rate of the same run moves by half
+    from one minute to the next, so each run's ratio to the empty table is taken in the same
+    seconds; medians."""
+    keys = ["v7", "v4"] + (["v7_empty", "v4_empty"] if empty is not None else [])
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
     for r in range(rounds):
-        for key in order[r % len(order) :] + order[: r % len(order)]:
-            target = stack
-            if key.endswith("_empty") and empty is not None:
+        for ids in ("v7", "v4") if r % 2 == 0 else ("v4", "v7"):
+            if empty is not None:
                 empty.truncate()
-                target = empty
-            runs[key].append(_run(target, machine, new_batches(tenants, n, key[:2])))
-            say(f"  {key}: {runs[key][-1]['rows_per_s']:,.0f} rows/s")
+            targets = [stack] if empty is None else [stack, empty]
+            got = _run(targets, machine, new_batches(tenants, n, ids))
+            runs[ids].append(got[0])
+            if empty is not None:
+                runs[f"{ids}_empty"].append(got[1])
+                ratio = got[0]["rows_per_s"] / got[1]["rows_per_s"]
+                say(f"  {ids}: {got[0]['rows_per_s']:,.0f} rows/s, {ratio:.2f} x empty")
+            else:
+                say(f"  {ids}: {got[0]['rows_per_s']:,.0f} rows/s")
     out: dict[str, Any] = {"runs": runs}
     for key, rs in runs.items():
-        for field in ("rows_per_s", "wal_mb", "disk_read_mb", "batch_p99_ms"):
-            values = [x[field] for x in rs if x[field] is not None]
-            out[f"{key}_{field}"] = statistics.median(values) if values else None
+        for name in ("rows_per_s", "wal_mb", "disk_read_mb", "batch_p99_ms"):
+            values = [x[name] for x in rs if x[name] is not None]
+            out[f"{key}_{name}"] = statistics.median(values) if values else None
         if key.endswith("_empty"):
             ids = key[:2]
-            out[f"{ids}_over_empty_by_round"] = [
+            out[f"{ids}_over_empty_by_run"] = [
                 round(a["rows_per_s"] / b["rows_per_s"], 3)
                 for a, b in zip(runs[ids], rs, strict=True)
             ]
-            out[f"{ids}_over_empty"] = statistics.median(out[f"{ids}_over_empty_by_round"])
+            out[f"{ids}_over_empty"] = statistics.median(out[f"{ids}_over_empty_by_run"])
     out["v4_over_v7"] = out["v4_rows_per_s"] / out["v7_rows_per_s"]
     return out
 
@@ -190,7 +219,7 @@ def _ours(
             if variant == "no_delta_trigger":
                 autocommit(stack, f"ALTER TABLE ai_usage_logs DISABLE TRIGGER {DELTA_TRIGGER}")
             try:
-                runs[variant].append(_run(stack, machine, batches))
+                runs[variant].append(_run([stack], machine, batches)[0])
             finally:
                 autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
             say(f"  {variant}: {runs[variant][-1]['rows_per_s']:,.0f} rows/s")
