@@ -1,9 +1,12 @@
 """Breakdowns (`ai-usage report --by model|operation|day|user`) and daily costs.
 
 model, operation and day are read from the daily rollups (never the log); user is read from
-the log, for one tenant and at most MAX_USER_DAYS days, through the spec's
-idx_ai_usage_logs_tenant_created index (a user dimension in the rollups would multiply them by
-the number of users)."""
+the log, for one tenant and at most MAX_USER_DAYS days (a user dimension in the rollups would
+multiply them by the number of users). At scale that read costs what the table holds, not what
+the tenant holds: a tenant's rows are spread over every page of the month, so the planner scans
+the table, and forcing the tenant's index was no faster (2.08M rows of a 30M-row table: 5.1 s
+as planned, 6.4 s through the index; docs/ledger/scale.md). Bounding it needs per-user
+rollups."""
 
 from __future__ import annotations
 
@@ -128,7 +131,6 @@ def load_breakdown(
         )
     scope = nullcontext(engine) if isinstance(engine, Connection) else engine.connect()
     with scope as conn:
-        previous = plan_user_query(conn) if by == "user" else None
         rows = [
             # SUM of a bigint is NUMERIC: the counts back to int, the cost kept exact.
             BreakdownRow(
@@ -147,37 +149,11 @@ def load_breakdown(
                 text(sql), params
             )
         ]
-        if previous is not None:
-            _restore(conn, previous)
     if by == "day":
         rows.sort(key=lambda r: r.key)
     else:
         rows.sort(key=lambda r: (-(r.cost_usd or 0), -r.api_calls, r.key))
     return Breakdown(by, first, last, tenant, rows)
-
-
-# What the planner must not choose for USER_SQL. It estimates a tenant's month as scattered over
-# every page of the heap (the tenants' rows interleave), so it prefers a (parallel) sequential
-# scan of the whole table to the tenant's index: 4.1 s for a tenant's 2M rows in a 33M-row table
-# (issue 27), a cost that grows with the table, not with the tenant. Through the index the work
-# is the tenant's rows and the pages that hold them. Set for this statement only (restored
-# after), never for the session.
-_USER_PLAN = {"enable_seqscan": "off"}
-
-
-def plan_user_query(conn: Connection) -> dict[str, str]:
-    """Set the planner for USER_SQL in `conn`'s transaction (set_config(..., is_local)); the
-    previous values, for `_restore`."""
-    previous = {}
-    for name, value in _USER_PLAN.items():
-        previous[name] = str(conn.execute(text("SELECT current_setting(:n)"), {"n": name}).scalar())
-        conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
-    return previous
-
-
-def _restore(conn: Connection, previous: dict[str, str]) -> None:
-    for name, value in previous.items():
-        conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
 
 
 def daily_costs(
