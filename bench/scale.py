@@ -22,9 +22,10 @@ shared_buffers stays warm). Per run: rows/s, batch p50/p99/max, WAL bytes
 processes' reads included; only when the server is on this machine) and blocks PostgreSQL read
 from outside its buffers (pg_statio).
 
-At the largest size, our own additions to the table are each left out in turn, batch by batch
-in the same seconds: the fingerprint column (NULL instead of filled, as the worker writes it)
-and the rollup-delta trigger (disabled around its batches). Then `report --by user` over the month for the 1/15 and the 1/3
+At the largest size, our own additions to the table are each left out, in the same seconds:
+the fingerprint column (NULL instead of filled, as the worker writes it), batch by batch
+against the full write, and the rollup-delta trigger, disabled for blocks of batches between
+blocks of the other two. Then `report --by user` over the month for the 1/15 and the 1/3
 tenant: the plan and time of the log query with the planner's defaults (what it was before
 issue 27) and of load_breakdown (what it is now), warm (median of 3) and with the page cache
 dropped (once each) (bench/scalereport.py). Last, the retention of a closed month of
@@ -37,7 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, text
 
@@ -62,6 +63,7 @@ from worker.ledger.rows import PreparedBatch, WriteResult
 from worker.settings import normalise_database_url
 
 DELTA_TRIGGER = "ai_usage_logs_delta_insert"
+T = TypeVar("T")
 
 
 def parse_sizes(value: str) -> list[int]:
@@ -205,39 +207,60 @@ def _empty_twin(stack: Stack, tenants: Sequence[str]) -> Iterator[Stack]:
             engine.dispose()
 
 
-def _rotated(items: Sequence[str], i: int) -> list[str]:
-    k = i % len(items)
-    return [*items[k:], *items[:k]]
+def _ours_plan(batches: Sequence[T], block: int = 5) -> list[tuple[str, T]]:
+    """The order of the stores: blocks of `block` batches with the delta trigger disabled
+    (no_delta_trigger) take turns with blocks of 2 x `block` batches with it enabled, where
+    full and no_fingerprint alternate batch by batch (which of them leads swaps each block).
+    The trigger is switched only between blocks, so the cache invalidation each switch causes
+    lands on the first store of every block, a trigger-off store as often as a full one."""
+    plan: list[tuple[str, T]] = []
+    it = iter(batches)
+    j = 0
+    while True:
+        if j % 2 == 0:
+            lead, other = ("full", "no_fingerprint") if j % 4 == 0 else ("no_fingerprint", "full")
+            names = [lead, other] * block
+        else:
+            names = ["no_delta_trigger"] * block
+        for name in names:
+            batch = next(it, None)
+            if batch is None:
+                return plan
+            plan.append((name, batch))
+        j += 1
 
 
 def _ours(stack: Stack, tenants: Sequence[str], n: int, rounds: int) -> dict[str, Any]:
-    """Our additions to the write path, each left out in turn (v7 ids, `n` events a variant a
-    round): the fingerprint (NULL) and the rollup-delta trigger (disabled around its batches).
-    The three variants store batch by batch in turn (the order rotated each batch), so that
-    they share the same seconds; per round each variant's rate over the seconds spent in its
-    stores, and the medians of the rounds' ratios to the full write."""
+    """Our additions to the write path, each left out (v7 ids, about `n` events a variant a
+    round): the fingerprint (NULL), alternating with the full write batch by batch, and the
+    rollup-delta trigger, disabled for blocks of batches between blocks of the other two (see
+    _ours_plan). The ids come from one stream in the order of the stores, so that every store
+    goes to the right edge of the primary key. Per round each variant's rate over the seconds
+    spent in its stores; the medians of the rounds' ratios to the full write."""
     variants = ("full", "no_fingerprint", "no_delta_trigger")
     rates: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
-        # One stream of v7 ids in the order of the stores: every store goes to the right edge
-        # of the primary key (a stream per variant would put two of them mid-index).
-        batches = new_batches(tenants, 3 * n, "v7")
-        plan = [(_rotated(variants, k // 3)[k % 3], b) for k, b in enumerate(batches)]
+        plan = _ours_plan(new_batches(tenants, 3 * n, "v7"))
         _null_fingerprints([b for v, b in plan if v == "no_fingerprint"])
         spent = dict.fromkeys(variants, 0.0)
         stored = dict.fromkeys(variants, 0)
+        enabled = True
         for v, batch in plan:
+            if (v == "no_delta_trigger") == enabled:
+                enabled = not enabled
+                state = "ENABLE" if enabled else "DISABLE"
+                autocommit(stack, f"ALTER TABLE ai_usage_logs {state} TRIGGER {DELTA_TRIGGER}")
             batch.result = WriteResult(received=len(batch.rows))
-            if v == "no_delta_trigger":
-                autocommit(stack, f"ALTER TABLE ai_usage_logs DISABLE TRIGGER {DELTA_TRIGGER}")
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
                 store_batch(stack.engine, batch)
-                spent[v] += time.perf_counter() - t0
-                stored[v] += len(batch.rows)
-            finally:
-                if v == "no_delta_trigger":
-                    autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
+            except BaseException:
+                autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
+                raise
+            spent[v] += time.perf_counter() - t0
+            stored[v] += len(batch.rows)
+        if not enabled:
+            autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
         for v in variants:
             rates[v].append(stored[v] / spent[v])
         say("  " + ", ".join(f"{v}: {rates[v][-1]:,.0f} rows/s" for v in variants))

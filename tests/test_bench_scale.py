@@ -4,10 +4,12 @@ the section keeping the figures and targets it had."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bench import cli, results
-from bench.scale import parse_sizes
+from bench.scale import _ours_plan, parse_sizes
 
 
 def test_sizes_are_parsed_with_suffixes_and_refused_by_name() -> None:
@@ -75,3 +77,29 @@ def _machine() -> dict[str, object]:
         "redis": "7",
         "servers": "given",
     }
+
+
+def test_our_additions_share_the_trigger_switches_fairly() -> None:
+    batches = list(range(60))
+    plan = _ours_plan(batches)
+    names = [v for v, _ in plan]
+    assert [b for _, b in plan] == batches  # every batch once, in the ids' order
+    assert {v: names.count(v) for v in set(names)} == {
+        "full": 20,
+        "no_fingerprint": 20,
+        "no_delta_trigger": 20,
+    }
+    # The trigger is switched only where a block starts; each block's first store takes the
+    # switch's invalidation: as often a trigger-off store as a full or no-fingerprint one.
+    firsts = [names[0]] + [
+        b
+        for a, b in itertools.pairwise(names)
+        if (a == "no_delta_trigger") != (b == "no_delta_trigger")
+    ]
+    assert firsts.count("no_delta_trigger") == 4
+    assert sorted(f for f in firsts if f != "no_delta_trigger") == [
+        "full",
+        "full",
+        "no_fingerprint",
+        "no_fingerprint",
+    ]
