@@ -33,6 +33,7 @@ dropped (once each) (bench/scalereport.py). Last, the retention of a closed mont
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -103,18 +104,13 @@ class _Acc:
     disk: int = 0
 
 
-def _run(
-    targets: Sequence[Stack], machine: Machine, batches: Sequence[PreparedBatch]
-) -> list[dict[str, Any]]:
-    """Store the batches into each target, batch by batch in turn (the same rows: each target
-    sees the same load in the same seconds), after a checkpoint and a dropped page cache; per
-    target its rate (rows / seconds spent in its stores), batch times, WAL and reads."""
-    for t in targets:
-        autocommit(t, "CHECKPOINT")
-    machine.drop()
-    probe = targets[0]
-    acc = [_Acc(blks=int(scalar(t, STATIO) or 0)) for t in targets]
-    disk_known = machine.read_bytes() is not None
+def _store_each(
+    targets: Sequence[Stack],
+    machine: Machine,
+    probe: Stack,
+    batches: Sequence[PreparedBatch],
+    acc: Sequence[_Acc],
+) -> None:
     for batch in batches:
         for t, a in zip(targets, acc, strict=True):
             wal0 = scalar(probe, "SELECT pg_current_wal_lsn()")
@@ -127,6 +123,22 @@ def _run(
             a.wal += float(
                 scalar(probe, "SELECT pg_current_wal_lsn() - CAST(:w AS pg_lsn)", {"w": wal0})
             )
+
+
+def _run(
+    targets: Sequence[Stack], machine: Machine, batches: Sequence[PreparedBatch]
+) -> list[dict[str, Any]]:
+    """Store the batches into each target, batch by batch in turn (the same rows: each target
+    sees the same load in the same seconds), after a checkpoint and a dropped page cache; per
+    target its rate (rows / seconds spent in its stores), batch times, WAL and reads."""
+    for t in targets:
+        autocommit(t, "CHECKPOINT")
+    machine.drop()
+    probe = targets[0]
+    acc = [_Acc(blks=int(scalar(t, STATIO) or 0)) for t in targets]
+    disk_known = machine.read_bytes() is not None
+    with _no_gc():
+        _store_each(targets, machine, probe, batches, acc)
     n = sum(len(b.rows) for b in batches)
     out = []
     for t, a in zip(targets, acc, strict=True):
@@ -191,6 +203,19 @@ def _pairs(
 
 
 @contextmanager
+def _no_gc() -> Iterator[None]:
+    """The harness's garbage collector off while stores are timed: it holds hundreds of
+    thousands of prepared events, and a full collection (about 100 ms) would land on whichever
+    store was running."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@contextmanager
 def _empty_twin(stack: Stack, tenants: Sequence[str]) -> Iterator[Stack]:
     """A second throwaway database on the same server, migrated, with the same tenants."""
     with throwaway_database(stack.database_url) as url:
@@ -245,20 +270,21 @@ def _ours(stack: Stack, tenants: Sequence[str], n: int, rounds: int) -> dict[str
         spent = dict.fromkeys(variants, 0.0)
         stored = dict.fromkeys(variants, 0)
         enabled = True
-        for v, batch in plan:
-            if (v == "no_delta_trigger") == enabled:
-                enabled = not enabled
-                state = "ENABLE" if enabled else "DISABLE"
-                autocommit(stack, f"ALTER TABLE ai_usage_logs {state} TRIGGER {DELTA_TRIGGER}")
-            batch.result = WriteResult(received=len(batch.rows))
-            t0 = time.perf_counter()
-            try:
-                store_batch(stack.engine, batch)
-            except BaseException:
-                autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
-                raise
-            spent[v] += time.perf_counter() - t0
-            stored[v] += len(batch.rows)
+        with _no_gc():
+            for v, batch in plan:
+                if (v == "no_delta_trigger") == enabled:
+                    enabled = not enabled
+                    state = "ENABLE" if enabled else "DISABLE"
+                    autocommit(stack, f"ALTER TABLE ai_usage_logs {state} TRIGGER {DELTA_TRIGGER}")
+                batch.result = WriteResult(received=len(batch.rows))
+                t0 = time.perf_counter()
+                try:
+                    store_batch(stack.engine, batch)
+                except BaseException:
+                    autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
+                    raise
+                spent[v] += time.perf_counter() - t0
+                stored[v] += len(batch.rows)
         if not enabled:
             autocommit(stack, f"ALTER TABLE ai_usage_logs ENABLE TRIGGER {DELTA_TRIGGER}")
         for v in variants:
