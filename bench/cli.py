@@ -22,7 +22,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from bench import data, latency, memory, procs, results, rollup, scaleout, throughput, writepath
+from bench import (
+    data,
+    latency,
+    memory,
+    procs,
+    results,
+    rollup,
+    scale,
+    scaledata,
+    scaleout,
+    throughput,
+    writepath,
+)
 from bench.servers import ROOT, describe_machine, open_stack
 from worker.settings import Settings
 
@@ -37,7 +49,20 @@ DESCRIPTION = (
     " cost, rollups and reports, worker memory. Prints a table, writes JSON."
 )
 #: The sections, in run order; --only runs a subset (the limit always runs: ratios need it).
-SECTIONS = ("naive", "ours", "latency", "scaleout", "writepath", "single", "memory", "rollup")
+SECTIONS = (
+    "naive",
+    "ours",
+    "latency",
+    "scaleout",
+    "writepath",
+    "single",
+    "memory",
+    "rollup",
+    "scale",
+)
+#: What runs without --only: `scale` loads tens of millions of rows (issue 27), so it runs only
+#: when asked for (`--only scale`).
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 
 class Interrupted(BaseException):
@@ -78,6 +103,9 @@ class Plan:
     report_reps: int
     soak_seconds: float
     soak_rate: int
+    scale_rows: list[int]
+    scale_events: int
+    scale_prune_rows: int
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
@@ -104,6 +132,23 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         )
     p.add_argument("--soak-rate", type=int, default=2000, help="events/s during the soak (2000)")
     p.add_argument(
+        "--scale-rows",
+        default="10M,30M",
+        help="sizes of the month for the scale section, increasing (default 10M,30M)",
+    )
+    p.add_argument(
+        "--scale-prune-rows",
+        type=int,
+        default=10_000_000,
+        help="rows of the closed month the scale section prunes (default 10,000,000; 0 skips)",
+    )
+    p.add_argument(
+        "--scale-events",
+        type=int,
+        default=200_000,
+        help="new events per ingest run of the scale section (default 200,000)",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(ROOT)},"
@@ -112,7 +157,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     p.add_argument(
         "--only",
         type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
-        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all);"
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all but"
+        " scale);"
         " ratios whose figures were not measured are skipped",
     )
     p.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
@@ -149,7 +195,16 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         report_reps=int(d["report_reps"]),
         soak_seconds=size("soak_seconds"),
         soak_rate=a.soak_rate,
+        scale_rows=[],
+        scale_events=a.scale_events,
+        scale_prune_rows=a.scale_prune_rows,
     )
+    try:
+        plan.scale_rows = scale.parse_sizes(a.scale_rows)
+    except ValueError as exc:
+        p.error(str(exc))
+    if plan.scale_events < scaledata.BATCH:
+        p.error(f"--scale-events must be at least {scaledata.BATCH}")
     unknown = sorted(set(a.only or ()) - set(SECTIONS))
     if unknown:
         p.error(
@@ -257,7 +312,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             raw["limit"] = phase("(1) limit", lambda: throughput.limit(stack, priced, batch))
             # (3) and (3b) measure it again before each of their runs, for their ratios.
             again = throughput.limit_once(stack, priced, batch)
-            wanted = set(args.only or SECTIONS)
+            wanted = set(args.only or DEFAULT_SECTIONS)
             if "naive" in wanted:
                 raw["naive"] = phase(
                     "(2) naive",
@@ -311,6 +366,16 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                 raw["rollups"] = phase(
                     "(6) rollups and report",
                     lambda: rollup.rollups(stack, tenants, plan.rollup_rows, plan.report_reps),
+                )
+            if "scale" in wanted:
+                raw["scale"] = phase(
+                    "(8) scale: ingest, our additions and report --by user as the month grows",
+                    lambda: scale.scale(
+                        stack,
+                        plan.scale_rows,
+                        plan.scale_events,
+                        prune_rows=plan.scale_prune_rows,
+                    ),
                 )
             machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:

@@ -312,6 +312,138 @@ FIGURES = (
 )
 FIGURE_KEYS = tuple(f.key for f in FIGURES)
 
+_BIG = ("scale", "sizes", "largest")  # "largest" stands for the largest size's key
+#: Figure 8 (bench/scale.py), only in a run with the `scale` section (`--only scale`).
+SCALE_FIGURES = (
+    Figure(
+        "scale_largest_rows",
+        "(8) rows in the table at the largest size",
+        "rows",
+        ("scale", "largest"),
+    ),
+    Figure(
+        "scale_v7_empty_rows_per_s",
+        "    ingest, client ids (v7), empty table in the same minutes",
+        "rows/s",
+        (*_BIG, "v7_empty_rows_per_s"),
+    ),
+    Figure(
+        "scale_v7_largest_rows_per_s",
+        "    ingest, client ids (v7), largest size",
+        "rows/s",
+        (*_BIG, "v7_rows_per_s"),
+    ),
+    Figure(
+        "scale_v4_empty_rows_per_s",
+        "    ingest, random v4 ids, empty table in the same minutes",
+        "rows/s",
+        (*_BIG, "v4_empty_rows_per_s"),
+    ),
+    Figure(
+        "scale_v4_largest_rows_per_s",
+        "    ingest, random v4 ids, largest size",
+        "rows/s",
+        (*_BIG, "v4_rows_per_s"),
+    ),
+    Figure(
+        "scale_v7_largest_over_empty",
+        "    v7: largest size / empty, median of the runs' ratios",
+        "",
+        (*_BIG, "v7_over_empty"),
+    ),
+    Figure(
+        "scale_v4_largest_over_empty",
+        "    v4: largest size / empty, median of the runs' ratios",
+        "",
+        (*_BIG, "v4_over_empty"),
+    ),
+    Figure(
+        "scale_v7_largest_wal_mb",
+        "    WAL per run, v7, largest size (median)",
+        "MB",
+        (*_BIG, "v7_wal_mb"),
+    ),
+    Figure(
+        "scale_v4_largest_wal_mb",
+        "    WAL per run, v4, largest size (median)",
+        "MB",
+        (*_BIG, "v4_wal_mb"),
+    ),
+    Figure(
+        "scale_v7_largest_read_mb",
+        "    disk read per run, v7, largest size (median)",
+        "MB",
+        (*_BIG, "v7_disk_read_mb"),
+    ),
+    Figure(
+        "scale_v4_largest_read_mb",
+        "    disk read per run, v4, largest size (median)",
+        "MB",
+        (*_BIG, "v4_disk_read_mb"),
+    ),
+    Figure(
+        "scale_fingerprint_cost",
+        "    ingest without / with the fingerprint",
+        "",
+        ("scale", "ours", "fingerprint_cost"),
+    ),
+    Figure(
+        "scale_delta_trigger_cost",
+        "    ingest without / with the delta trigger",
+        "",
+        ("scale", "ours", "delta_trigger_cost"),
+    ),
+    Figure(
+        "scale_report_user_small_planned_s",
+        "    report --by user, 1/15 tenant, as planned (warm)",
+        "s",
+        ("scale", "report_user", "tenant_1_of_15", "planned_warm_s"),
+    ),
+    Figure(
+        "scale_report_user_small_indexed_s",
+        "    report --by user, 1/15 tenant, index forced (warm)",
+        "s",
+        ("scale", "report_user", "tenant_1_of_15", "indexed_warm_s"),
+    ),
+    Figure(
+        "scale_report_user_big_planned_s",
+        "    report --by user, 1/3 tenant, as planned (warm)",
+        "s",
+        ("scale", "report_user", "tenant_1_of_3", "planned_warm_s"),
+    ),
+    Figure(
+        "scale_report_user_big_indexed_s",
+        "    report --by user, 1/3 tenant, index forced (warm)",
+        "s",
+        ("scale", "report_user", "tenant_1_of_3", "indexed_warm_s"),
+    ),
+    Figure(
+        "scale_prune_s",
+        "    prune of a closed month (rows: details.scale.prune.rows)",
+        "s",
+        ("scale", "prune", "prune_s"),
+    ),
+    Figure("scale_prune_wal_mb", "    WAL of the prune", "MB", ("scale", "prune", "prune_wal_mb")),
+    Figure(
+        "scale_prune_table_before_mb",
+        "    table before the month's rows came",
+        "MB",
+        ("scale", "prune", "table_mb_before_month"),
+    ),
+    Figure(
+        "scale_prune_table_after_vacuum_mb",
+        "    table after the prune and VACUUM",
+        "MB",
+        ("scale", "prune", "table_mb_after_vacuum"),
+    ),
+    Figure(
+        "scale_prune_write_p99_ratio",
+        "    writer's p99 beside the prune / alone",
+        "",
+        ("scale", "prune", "write_p99_beside_over_alone"),
+    ),
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -434,9 +566,24 @@ TARGETS = (
 )
 
 
+#: Figure 8's target (issue 27), only when the section ran.
+SCALE_TARGETS = (
+    Target(
+        "scale_v7_largest_over_empty",
+        "(8) ingest at the largest size / empty, client ids",
+        "scale_v7_largest_over_empty",
+        None,
+        ">=",
+        0.85,
+    ),
+)
+
+
 def _dig(raw: dict[str, Any], path: tuple[str, ...]) -> float | None:
     value: Any = raw
     for part in path:
+        if part == "largest" and isinstance(value, dict) and "largest" not in value:
+            part = str(raw.get("scale", {}).get("largest"))
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
@@ -448,6 +595,8 @@ def _dig(raw: dict[str, Any], path: tuple[str, ...]) -> float | None:
 def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
     """{"figures", "ratios", "targets"} from the raw results of the phases."""
     figures = {f.key: _dig(raw, f.path) for f in FIGURES}
+    if "scale" in raw:
+        figures.update({f.key: _dig(raw, f.path) for f in SCALE_FIGURES})
     ratios: dict[str, float | None] = {
         key: None if num is None or not den else round(num / den, 4)
         for key, num, den in (
@@ -490,7 +639,7 @@ def evaluate(raw: dict[str, Any]) -> dict[str, Any]:
         )
     }
     targets: list[dict[str, Any]] = []
-    for t in TARGETS:
+    for t in TARGETS + (SCALE_TARGETS if "scale" in raw else ()):
         num = figures[t.numerator]
         den = figures[t.denominator] if t.denominator else 1.0
         value = None if num is None or not den else num / den
@@ -531,9 +680,9 @@ def _fmt(value: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     """The figures and the targets as text."""
     figures = result["figures"]
-    width = max(len(f.label) for f in FIGURES)
+    width = max(len(f.label) for f in FIGURES + SCALE_FIGURES)
     lines = [f"ai-usage-worker benchmark ({result['meta']['mode']} mode)", ""]
-    for f in FIGURES:
+    for f in FIGURES + (SCALE_FIGURES if "scale_largest_rows" in figures else ()):
         lines.append(f"{f.label:<{width}}  {_fmt(figures[f.key]):>12} {f.unit}")
     lines += ["", "Targets"]
     twidth = max(len(t["label"]) for t in result["targets"])

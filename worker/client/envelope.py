@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,15 +28,68 @@ RECORD_BATCH = "ai_usage.record_batch"
 EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"ai-usage-client@{socket.gethostname()}"
 
-# Event ids from a PRNG seeded by os.urandom (and reseeded in a forked child): uuid4() reads
-# os.urandom on every call, a system call that also hands the GIL to the publishing thread.
+# Event ids: RFC 9562 UUIDv7, made here by the algorithm of CPython 3.14's uuid.uuid7 (a 48-bit
+# millisecond timestamp, then a 42-bit counter, 12 bits in rand_a and 30 in rand_b, started at a
+# random value with its top bit clear each new millisecond and counted up within one, then 32
+# random bits). Time-ordered ids go to the right edge of the primary key instead of a random leaf:
+# at 30M rows random v4 ids made ingest 3x slower (issue 27). Written by hand, not taken from:
+# - uuid6 (PyPI): its uuid7 moves the timestamp 1 ms ahead per id within a millisecond (ids
+#   run ahead of the clock beyond 1,000/s) and reads the OS's randomness per id;
+# - uuid-utils (PyPI, Rust): fast, but returns its own UUID type; the stdlib UUID record()
+#   returns costs as much to build from it as all of the work below, and what its generator
+#   state does across fork() is not documented;
+# - uuid.uuid7 (Python >= 3.14; we support 3.11): reads os.urandom per id.
+# The random bits come from a PRNG seeded by os.urandom (and reseeded in a forked child, whose
+# counter restarts too): os.urandom per id is a system call that also hands the GIL to the
+# publishing thread. A lock keeps ids unique and ordered across the application's threads.
 _ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
+_id_lock = threading.Lock()
+_last_ms = -1
+_counter = 0
+_MAX_COUNTER = (1 << 42) - 1
+_V7_FLAGS = 0x7000 << 64 | 0x8000_0000_0000_0000  # version 7, variant RFC 9562
+_new_uuid = uuid.UUID.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _after_fork() -> None:
+    global _last_ms, _id_lock
+    _ids.seed()
+    _last_ms = -1  # the child's next id starts a fresh random counter
+    _id_lock = threading.Lock()  # a lock held by another thread at fork() stays held
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id() -> uuid.UUID:
-    """A random (version 4) UUID."""
-    return uuid.UUID(int=_ids.getrandbits(128), version=4)
+    """A time-ordered RFC 9562 version 7 UUID: the current Unix millisecond, then a counter that
+    keeps the ids of one process strictly increasing (within a millisecond, and when the clock
+    steps back), then 32 random bits."""
+    global _last_ms, _counter
+    now_ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if now_ms > _last_ms:
+            _last_ms, _counter = now_ms, _ids.getrandbits(41)
+        else:
+            # The same millisecond or a clock stepped back: count on from the last id.
+            _counter += 1
+            if _counter > _MAX_COUNTER:  # 4 trillion ids in one millisecond: borrow the next
+                _last_ms, _counter = _last_ms + 1, _ids.getrandbits(41)
+        value = (
+            (_last_ms & 0xFFFF_FFFF_FFFF) << 80
+            | (_counter >> 30) << 64
+            | (_counter & 0x3FFF_FFFF) << 32
+            | _ids.getrandbits(32)
+            | _V7_FLAGS
+        )
+    # What UUID(int=value) makes, without its range and version checks (value is in range and
+    # its bits are set); CPython 3.14's uuid builds its UUIDs the same way (UUID._from_int).
+    u = _new_uuid(uuid.UUID)
+    _set(u, "int", value)
+    _set(u, "is_safe", _UNKNOWN)
+    return u
 
 
 def escape_json(text: str) -> str:

@@ -1,9 +1,12 @@
 """Breakdowns (`ai-usage report --by model|operation|day|user`) and daily costs.
 
 model, operation and day are read from the daily rollups (never the log); user is read from
-the log, for one tenant and at most MAX_USER_DAYS days, through the spec's
-idx_ai_usage_logs_tenant_created index (a user dimension in the rollups would multiply them by
-the number of users)."""
+the log, for one tenant and at most MAX_USER_DAYS days (a user dimension in the rollups would
+multiply them by the number of users). At scale that read costs what the table holds, not what
+the tenant holds: a tenant's rows are spread over every page of the month, so the planner scans
+the table, and forcing the tenant's index was no faster (2.08M rows of a 30M-row table: 5.1 s
+as planned, 6.4 s through the index; docs/ledger/scale.md). Bounding it needs per-user
+rollups."""
 
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ SELECT {{key}}, {_SUMS}
 FROM ai_usage_daily_rollups WHERE day >= :first AND day <= :last {{tenant}}
 GROUP BY 1
 """
-_FROM_LOG = """
+#: The `--by user` statement: one tenant's rows over [start, end), per user.
+USER_SQL = """
 SELECT user_id, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens),
        COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
        SUM(cost_usd::numeric), COUNT(*) FILTER (WHERE success = 'failure'),
@@ -120,7 +124,7 @@ def load_breakdown(
         if (last - first).days + 1 > MAX_USER_DAYS:
             raise ValueError(f"--by user covers at most {MAX_USER_DAYS} days; narrow --from/--to")
         params["start"], params["end"] = day_bounds(first, last)
-        sql = _FROM_LOG
+        sql = USER_SQL
     else:
         sql = _FROM_ROLLUPS.format(
             key="to_char(day, 'YYYY-MM-DD')" if by == "day" else by,
