@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worker.client.responses import TOKEN_KEYS, CallUsage
+from worker.client.responses import TOKEN_KEYS, BadCount, CallUsage, token_count
 from worker.client.tracker import warn_once
 from worker.client.tracking import TrackedCall
 
@@ -43,12 +43,13 @@ def priced_keys() -> frozenset[str]:
 def call_usage(values: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
     """A CallUsage from counts already in genai-prices' convention (input counts the cache):
     the four token fields, and every other key genai-prices prices, non-zero, as a detail. For
-    Anthropic, cache writes not said to be 1-hour ones are 5-minute ones."""
+    Anthropic, cache writes not said to be 1-hour ones are 5-minute ones. Raises BadCount for
+    a value that is no token count (see `unpriced`)."""
     keys = priced_keys()
-    counts = {
-        k: v
-        for k, v in values.items()
-        if k in keys and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    # A count that is no count raises BadCount (the caller records the request unpriced):
+    # read as 0, it would leave the rest of the usage priced without it.
+    counts: dict[str, int | float] = {
+        k: n for k, v in values.items() if k in keys and (n := token_count(v, k)) > 0
     }
     tokens = {k: int(counts.pop(k, 0)) for k in TOKEN_KEYS}
     rest = tokens["cache_write_tokens"] - int(counts.get("cache_write_1h_tokens", 0))
@@ -57,6 +58,19 @@ def call_usage(values: Mapping[str, Any], model: str | None, provider: str | Non
         # 5-minute ones, which genai-prices' Anthropic extractor reports as such (same price).
         counts["cache_write_5m_tokens"] = rest
     return CallUsage(**tokens, usage_details=counts, model=model, provider=provider)
+
+
+def unpriced(exc: BadCount, model: str | None, provider: str | None, what: str) -> CallUsage:
+    """The request of `what` whose usage held a value that is no count (`exc`): recorded with
+    0 tokens (the worker stores it unpriced, cost NULL) and the model read, with one warning."""
+    warn_once(
+        f"bad-count:{what}:{exc}",
+        "the usage of %s is not valid (%s): recorded with 0 tokens, which the worker stores"
+        " unpriced (cost NULL)",
+        what,
+        exc,
+    )
+    return CallUsage(model=model, provider=provider)
 
 
 @functools.lru_cache(maxsize=256)

@@ -43,8 +43,15 @@ from agents.result import RunResult, RunResultStreaming
 from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEvent
 from agents.usage import Usage
 
-from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id, remember
-from worker.client.responses import CallUsage, get
+from worker.client.integrations._shared import (
+    FieldsOf,
+    Hook,
+    call_usage,
+    provider_id,
+    remember,
+    unpriced,
+)
+from worker.client.responses import BadCount, CallUsage, get
 
 if TYPE_CHECKING:
     from agents import Agent, RunContextWrapper
@@ -226,8 +233,12 @@ class UsageHooks(Hook, RunHooks[Any]):
     ) -> None:
         started = self._started.pop((id(context), id(agent)), None)
         took = None if started is None else int((time.monotonic() - started) * 1000)
+        found: CallUsage | None = None
         try:
-            found: CallUsage | None = usage_of(response.usage, *agent_model(agent.model))
+            named = agent_model(agent.model)
+            found = usage_of(response.usage, *named)
+        except BadCount as exc:
+            found = unpriced(exc, *named, self.what)
         except Exception:  # an SDK object of another shape: recorded unpriced, not raised
             found = None
         self.record_request(found, context.context, duration_ms=took)

@@ -41,8 +41,8 @@ from pydantic_ai.result import StreamedRunResult, StreamedRunResultSync
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.usage import RequestUsage, RunUsage
 
-from worker.client.integrations._shared import Hook, call_usage, provider_id
-from worker.client.responses import CallUsage
+from worker.client.integrations._shared import Hook, call_usage, provider_id, unpriced
+from worker.client.responses import BadCount, CallUsage
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
@@ -107,7 +107,11 @@ class UsageCapability(Hook, AbstractCapability[Any]):
         request_context: ModelRequestContext,
         response: ModelResponse,
     ) -> ModelResponse:
-        found = usage_of(response.usage, response.model_name, response.provider_name)
+        try:
+            found = usage_of(response.usage, response.model_name, response.provider_name)
+        except BadCount as exc:
+            provider = provider_id(response.provider_name)
+            found = unpriced(exc, response.model_name, provider, self.what)
         took = response.duration
         self.record_request(
             found, ctx.deps, duration_ms=None if took is None else int(took.total_seconds() * 1000)
