@@ -79,6 +79,10 @@ def provider_id(name: str | None) -> str | None:
     `aws`), by genai-prices' own matching; the name itself, lower-cased, when it knows none."""
     if not name:
         return None
+    if "azure" in name.lower() or name.lower().startswith("az."):
+        # Azure OpenAI's names (az.ai.openai, azure_openai, AzureOpenAI) contain "openai",
+        # which genai-prices' matching takes for OpenAI: Azure has prices of its own.
+        return "azure"
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 
     found = find_provider_by_id(get_snapshot().providers, name)

@@ -40,6 +40,9 @@ __all__ = ["UsageCallbackHandler", "read", "stream_reader", "usage_of"]
 
 #: LangChain's `model_provider` / `ls_provider` names -> genai-prices' provider ids. A name not
 #: here is stored as no provider (the worker then prices by the model alone), never guessed.
+#: The handler takes the run's `ls_provider` (the chat model class's) over the message's
+#: `model_provider`: an AzureChatOpenAI message says "openai". A message handed to
+#: call.response() alone cannot tell: give provider="azure" there.
 PROVIDERS = {
     "openai": "openai",
     "azure": "azure",
@@ -241,7 +244,11 @@ class UsageCallbackHandler(BaseCallbackHandler):
         taken = self._take(run_id)
         if taken is None:
             return
-        call = taken[0]
+        call, asked = taken
+        if asked["provider"] is not None:
+            # The chat model's own provider (its ls_provider): langchain-openai's messages say
+            # model_provider "openai" for AzureChatOpenAI too, the wire format, not the host.
+            call.default(provider=asked["provider"])
         call.tracker.feed(response)
         call.finish(False)
 

@@ -52,6 +52,8 @@ PROVIDERS = {
     "openai": "openai",
     "text-completion-openai": "openai",
     "azure": "azure",
+    "azure_ai": "azure",
+    "azure_text": "azure",
     "anthropic": "anthropic",
     "gemini": "google",
     "vertex_ai": "google",

@@ -126,6 +126,8 @@ PROVIDERS = {
     "aws.bedrock": "aws",
     "azure.ai.openai": "azure",
     "azure.ai.inference": "azure",
+    "az.ai.openai": "azure",  # the conventions' names before azure.ai.*
+    "az.ai.inference": "azure",
     "x_ai": "x-ai",
     "mistral_ai": "mistral",
 }
