@@ -8,8 +8,9 @@ Nothing here imports a framework; genai-prices is imported on first use.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from worker.client.responses import TOKEN_KEYS, BadCount, CallUsage, token_count
 from worker.client.tracker import warn_once
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 K = TypeVar("K")
 V = TypeVar("V")
+P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
 
 #: Requests started and not (yet) ended that a hook keeps state for, at most: a request that
 #: fails before its end hook runs leaves its entry behind, and the oldest go first.
@@ -87,6 +91,36 @@ def provider_id(name: str | None) -> str | None:
 
     found = find_provider_by_id(get_snapshot().providers, name)
     return found.id if found is not None else name.strip().lower()
+
+
+def guarded(method: Callable[P, None]) -> Callable[P, None]:
+    """A framework's hook method that logs what goes wrong instead of raising it: the model
+    request it records has succeeded (or failed on its own), and the framework may let a hook's
+    error through into the application's call."""
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            log.exception("could not record a model request (%s)", method.__qualname__)
+
+    return run
+
+
+def aguarded(
+    method: Callable[P, Coroutine[Any, Any, None]],
+) -> Callable[P, Coroutine[Any, Any, None]]:
+    """`guarded` for an async hook method."""
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            await method(*args, **kwargs)
+        except Exception:
+            log.exception("could not record a model request (%s)", method.__qualname__)
+
+    return run
 
 
 def remember(store: dict[K, V], key: K, value: V) -> None:

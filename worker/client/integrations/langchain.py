@@ -33,6 +33,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 
+from worker.client.integrations._shared import guarded
 from worker.client.responses import CallUsage, token_count
 from worker.client.tracking import TrackedCall
 
@@ -215,6 +216,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         with self._lock:
             return self._runs.pop(run_id, None)
 
+    @guarded
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -227,6 +229,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         """Capture the run's fields (on_llm_end gets no metadata)."""
         self._start(run_id, metadata, **kwargs)
 
+    @guarded
     def on_llm_start(
         self,
         serialized: dict[str, Any],
@@ -239,6 +242,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         """Capture the run's fields (a completion model's run)."""
         self._start(run_id, metadata, **kwargs)
 
+    @guarded
     def on_llm_end(self, response: LLMResult, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         """Record the request's usage."""
         taken = self._take(run_id)
@@ -252,6 +256,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         call.tracker.feed(response)
         call.finish(False)
 
+    @guarded
     def on_llm_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         """Record a failure (0 tokens, the model asked for)."""
         taken = self._take(run_id)

@@ -46,6 +46,7 @@ from agents.usage import Usage
 from worker.client.integrations._shared import (
     FieldsOf,
     Hook,
+    aguarded,
     call_usage,
     provider_id,
     remember,
@@ -223,11 +224,13 @@ class UsageHooks(Hook, RunHooks[Any]):
         super().__init__(usage, fields=fields, **defaults)
         self._started: dict[tuple[int, int], float] = {}
 
+    @aguarded
     async def on_llm_start(
         self, context: RunContextWrapper[Any], agent: Agent[Any], *_: Any, **__: Any
     ) -> None:
         remember(self._started, (id(context), id(agent)), time.monotonic())
 
+    @aguarded
     async def on_llm_end(
         self, context: RunContextWrapper[Any], agent: Agent[Any], response: ModelResponse
     ) -> None:

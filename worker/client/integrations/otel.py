@@ -55,6 +55,7 @@ from opentelemetry.trace import StatusCode
 
 from worker.client.integrations._shared import (
     call_usage,
+    guarded,
     priced_keys,
     provider_id,
     record,
@@ -210,6 +211,7 @@ class UsageSpanProcessor(SpanProcessor):
         self._baggage: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    @guarded
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Keep the baggage fields in force at the span's start (its end has no context)."""
         try:
@@ -220,6 +222,7 @@ class UsageSpanProcessor(SpanProcessor):
             with self._lock:
                 remember(self._baggage, span.context.span_id, found)
 
+    @guarded
     def on_end(self, span: ReadableSpan) -> None:
         """Record the span if it is a model call's."""
         with self._lock:

@@ -41,7 +41,7 @@ from pydantic_ai.result import StreamedRunResult, StreamedRunResultSync
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.usage import RequestUsage, RunUsage
 
-from worker.client.integrations._shared import Hook, call_usage, provider_id, unpriced
+from worker.client.integrations._shared import Hook, call_usage, guarded, provider_id, unpriced
 from worker.client.responses import BadCount, CallUsage
 
 if TYPE_CHECKING:
@@ -107,6 +107,11 @@ class UsageCapability(Hook, AbstractCapability[Any]):
         request_context: ModelRequestContext,
         response: ModelResponse,
     ) -> ModelResponse:
+        self._record(ctx, response)
+        return response
+
+    @guarded
+    def _record(self, ctx: RunContext[Any], response: ModelResponse) -> None:
         try:
             found = usage_of(response.usage, response.model_name, response.provider_name)
         except BadCount as exc:
@@ -116,7 +121,12 @@ class UsageCapability(Hook, AbstractCapability[Any]):
         self.record_request(
             found, ctx.deps, duration_ms=None if took is None else int(took.total_seconds() * 1000)
         )
-        return response
+
+    @guarded
+    def _record_failure(self, ctx: RunContext[Any], request_context: ModelRequestContext) -> None:
+        model = request_context.model
+        failed = CallUsage(model=model.model_name, provider=provider_id(model.system))
+        self.record_request(failed, ctx.deps, duration_ms=None, failed=True)
 
     async def wrap_model_request(
         self,
@@ -131,7 +141,5 @@ class UsageCapability(Hook, AbstractCapability[Any]):
             # The provider refused or failed the request (after the SDK's own retries): a
             # failure, with the model asked for. Other exceptions (a capability's ModelRetry,
             # a validation error) are the run's control flow, not a failed request.
-            model = request_context.model
-            failed = CallUsage(model=model.model_name, provider=provider_id(model.system))
-            self.record_request(failed, ctx.deps, duration_ms=None, failed=True)
+            self._record_failure(ctx, request_context)
             raise
