@@ -185,7 +185,7 @@ def test_provider_names_are_genai_prices_ids(named: str, expected: str) -> None:
 
 def test_a_bad_span_never_reaches_the_application(provider: TracerProvider) -> None:
     """A span naming no tenant (nothing in baggage, attributes or defaults) is logged, not
-    raised into the code that ended it; attribute values of the wrong type are read as 0."""
+    raised into the code that ended it (test_odd_counts: a count that is no count)."""
     tracer = provider.get_tracer("app")
     attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": "many", "gen_ai.usage.output_tokens": 3}
     with tracer.start_as_current_span("chat") as span:

@@ -15,6 +15,7 @@ import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 from pydantic_ai import Agent
+from pydantic_ai.capabilities import RetryOnModelErrors
 from pydantic_ai.exceptions import ModelAPIError
 from pydantic_ai.models import Model
 from pydantic_ai.models.anthropic import AnthropicModel
@@ -226,3 +227,18 @@ def test_failed_request_recorded_as_failure(case: Case, provider: str) -> None:
         agent(provider, replay, [hook]).run_sync("Weather in Paris?", deps={})
     model, named = (CLAUDE, "anthropic") if provider == "anthropic" else (GPT, "openai")
     case.conform([s.failure(model, named)])
+
+
+@pytest.mark.parametrize("hook_outer", [False, True])
+def test_a_retried_request_records_its_failed_attempt(case: Case, hook_outer: bool) -> None:
+    """RetryOnModelErrors: a 500, then the answer. The attempts run inside every capability's
+    wrap_model_request, whatever the order: the hook records the failed attempt (from the
+    response's failed_attempts, the model asked for) and the answer's exact row."""
+    error = b'{"error": {"message": "overloaded", "type": "server_error"}}'
+    usage = s.chat_usage(7_000, 120, 4_096)
+    replay = s.replay((error, s.JSON, 500), s.wire.chat_completion(s.GPT, usage))
+    hook = UsageCapability(case.usage, **case.fields)
+    retry = RetryOnModelErrors(max_attempts=2, initial_delay=0)
+    made = agent("openai-chat", replay, [hook, retry] if hook_outer else [retry, hook])
+    made.run_sync("Hi", deps={})
+    case.conform([s.failure(GPT, "openai"), s.truth(usage, s.GPT, "openai", "chat")])

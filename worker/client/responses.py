@@ -72,6 +72,28 @@ class CallUsage:
         }
 
 
+class BadCount(ValueError):
+    """A framework's token count that is no count (a negative number, a fraction, a word...):
+    the request is recorded unpriced, never with the count guessed (the message names it)."""
+
+
+def token_count(value: Any, name: str) -> int:
+    """`value` as a token count: None is 0; an int, a whole finite float or a string of digits
+    (what some instrumentations write) is read as such; anything else raises BadCount naming
+    `name`, rather than being read as 0 and the rest of the usage priced without it."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+    elif isinstance(value, float):
+        if value >= 0 and value.is_integer():  # False for inf and nan too
+            return int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value)
+    raise BadCount(f"{name} is {value!r}, not a token count")
+
+
 @dataclass(slots=True)
 class Piece:
     """What one object says about the usage, before genai-prices maps it."""

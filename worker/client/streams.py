@@ -37,7 +37,17 @@ OnEnd = Callable[[bool], None] | None
 
 
 def stream_kind(obj: Any) -> Kind | None:
-    """How `obj` is streamed, or None when it is not a stream (a whole response)."""
+    """How `obj` is streamed, or None when it is not a stream (a whole response); None too for
+    an object that cannot be inspected (then read, and recorded unpriced, as a response)."""
+    try:
+        return _kind(obj)
+    except Exception:
+        # hasattr() lets any error but AttributeError through (a lazy proxy whose backend is
+        # gone, say): the AI call has succeeded, so the object goes back to the application.
+        return None
+
+
+def _kind(obj: Any) -> Kind | None:
     if obj is None or isinstance(obj, str | bytes | bytearray | list | tuple | set | frozenset):
         return None
     if isinstance(obj, Mapping):

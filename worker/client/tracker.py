@@ -17,7 +17,17 @@ import logging
 from typing import Any, TypeVar, cast
 
 from worker.client import integrations
-from worker.client.responses import CallUsage, Piece, extract, get, known, merged, piece, text
+from worker.client.responses import (
+    BadCount,
+    CallUsage,
+    Piece,
+    extract,
+    get,
+    known,
+    merged,
+    piece,
+    text,
+)
 from worker.client.streams import stream_kind, wrap
 from worker.textsafe import visible
 
@@ -63,6 +73,8 @@ class UsageTracker:
         self._framework_type: str | None = None
         #: The first object given of a type no reader knows (for the warning).
         self._unknown: str | None = None
+        #: A framework object whose counts are no counts was given: the call is unpriced.
+        self._bad = False
 
     def response(self, response: T) -> T:
         """Read the usage and model of an SDK response, stream event or chunk (Anthropic,
@@ -130,6 +142,16 @@ class UsageTracker:
                 self._unknown = self._unknown or type_name(item)
                 return
             self._stream.feed(item)
+        except BadCount as exc:
+            # The object is known but its usage is not a usage: unpriced, whatever else comes.
+            warn_once(
+                f"bad-count:{type_name(item)}:{exc}",
+                "the usage of a %s is not valid (%s): recorded with 0 tokens, which the worker"
+                " stores unpriced (cost NULL)",
+                type_name(item),
+                exc,
+            )
+            self._bad = True
         except Exception:  # a reader's bug is not the application's
             log.debug("could not read a %s", type_name(item), exc_info=True)
             self._unknown = self._unknown or type_name(item)
@@ -139,6 +161,8 @@ class UsageTracker:
         by hand), one per request of a framework's multi-request run; [] when none was read."""
         if self._manual is not None:
             return [self._manual]
+        if self._bad:
+            return []
         if self._stream is not None:
             try:
                 found = self._stream.usages()
@@ -154,6 +178,8 @@ class UsageTracker:
     def unknown(self) -> str | None:
         """The type of the first object given that no reader knows, if any: one of no known
         type, or a framework's whose reader is missing or knew none of what it was given."""
+        if self._bad:
+            return None  # known, and warned about as such
         if self._unknown is None and self._stream is not None:
             try:
                 known_any = self._stream.usages() is not None

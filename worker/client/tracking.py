@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from worker.client import fast, integrations
+from worker.client.errors import InvalidEvent
 from worker.client.responses import CallUsage, read_usage
 from worker.client.streams import Kind as StreamKind
 from worker.client.streams import stream_kind, wrap
@@ -93,11 +94,33 @@ class TrackedCall:
 
     def finish(self, failed: bool, what: str | None = None) -> None:
         """Record the call (one event per model request read); logs, never raises."""
+        what = what or self.tracker.describe()
         try:
-            for values in self._events(failed, what or self.tracker.describe()):
-                self._record(**values)
+            for values in self._events(failed, what):
+                self._recorded(values, what)
         except Exception:
             log.exception("could not record the usage of an AI call (%s)", self._fields)
+
+    def _recorded(self, values: dict[str, Any], what: str) -> None:
+        """Record one event; usage the event refuses (a reader's negative or oversized count, a
+        cache larger than the input) is recorded unpriced, with a warning naming the field,
+        rather than dropped: the call happened."""
+        try:
+            self._record(**values)
+        except InvalidEvent as exc:
+            field = exc.field or ""
+            if field.partition(".")[0] not in (*USAGE_FIELDS, "total_tokens"):
+                raise
+            warn_once(
+                f"bad-usage:{what}:{field}",
+                "the usage read from the %s is not valid (%s): recorded with 0 tokens, which"
+                " the worker stores unpriced (cost NULL)",
+                what,
+                exc,
+            )
+            for key in (*USAGE_FIELDS, "total_tokens"):
+                values.pop(key, None)
+            self._record(**values, input_tokens=0, output_tokens=0)
 
     def _events(self, failed: bool, what: str) -> list[dict[str, Any]]:
         values = {k: v for k, v in self._fields.items() if v is not None}

@@ -8,10 +8,11 @@ Nothing here imports a framework; genai-prices is imported on first use.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from worker.client.responses import TOKEN_KEYS, CallUsage
+from worker.client.responses import TOKEN_KEYS, BadCount, CallUsage, token_count
 from worker.client.tracker import warn_once
 from worker.client.tracking import TrackedCall
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 K = TypeVar("K")
 V = TypeVar("V")
+P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
 
 #: Requests started and not (yet) ended that a hook keeps state for, at most: a request that
 #: fails before its end hook runs leaves its entry behind, and the oldest go first.
@@ -43,12 +47,13 @@ def priced_keys() -> frozenset[str]:
 def call_usage(values: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
     """A CallUsage from counts already in genai-prices' convention (input counts the cache):
     the four token fields, and every other key genai-prices prices, non-zero, as a detail. For
-    Anthropic, cache writes not said to be 1-hour ones are 5-minute ones."""
+    Anthropic, cache writes not said to be 1-hour ones are 5-minute ones. Raises BadCount for
+    a value that is no token count (see `unpriced`)."""
     keys = priced_keys()
-    counts = {
-        k: v
-        for k, v in values.items()
-        if k in keys and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    # A count that is no count raises BadCount (the caller records the request unpriced):
+    # read as 0, it would leave the rest of the usage priced without it.
+    counts: dict[str, int | float] = {
+        k: n for k, v in values.items() if k in keys and (n := token_count(v, k)) > 0
     }
     tokens = {k: int(counts.pop(k, 0)) for k in TOKEN_KEYS}
     rest = tokens["cache_write_tokens"] - int(counts.get("cache_write_1h_tokens", 0))
@@ -59,16 +64,63 @@ def call_usage(values: Mapping[str, Any], model: str | None, provider: str | Non
     return CallUsage(**tokens, usage_details=counts, model=model, provider=provider)
 
 
+def unpriced(exc: BadCount, model: str | None, provider: str | None, what: str) -> CallUsage:
+    """The request of `what` whose usage held a value that is no count (`exc`): recorded with
+    0 tokens (the worker stores it unpriced, cost NULL) and the model read, with one warning."""
+    warn_once(
+        f"bad-count:{what}:{exc}",
+        "the usage of %s is not valid (%s): recorded with 0 tokens, which the worker stores"
+        " unpriced (cost NULL)",
+        what,
+        exc,
+    )
+    return CallUsage(model=model, provider=provider)
+
+
 @functools.lru_cache(maxsize=256)
 def provider_id(name: str | None) -> str | None:
     """genai-prices' id for a framework's provider name (`google-gla` -> `google`, `bedrock` ->
     `aws`), by genai-prices' own matching; the name itself, lower-cased, when it knows none."""
     if not name:
         return None
+    if "azure" in name.lower() or name.lower().startswith("az."):
+        # Azure OpenAI's names (az.ai.openai, azure_openai, AzureOpenAI) contain "openai",
+        # which genai-prices' matching takes for OpenAI: Azure has prices of its own.
+        return "azure"
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 
     found = find_provider_by_id(get_snapshot().providers, name)
     return found.id if found is not None else name.strip().lower()
+
+
+def guarded(method: Callable[P, None]) -> Callable[P, None]:
+    """A framework's hook method that logs what goes wrong instead of raising it: the model
+    request it records has succeeded (or failed on its own), and the framework may let a hook's
+    error through into the application's call."""
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            log.exception("could not record a model request (%s)", method.__qualname__)
+
+    return run
+
+
+def aguarded(
+    method: Callable[P, Coroutine[Any, Any, None]],
+) -> Callable[P, Coroutine[Any, Any, None]]:
+    """`guarded` for an async hook method."""
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            await method(*args, **kwargs)
+        except Exception:
+            log.exception("could not record a model request (%s)", method.__qualname__)
+
+    return run
 
 
 def remember(store: dict[K, V], key: K, value: V) -> None:

@@ -33,13 +33,17 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 
-from worker.client.responses import CallUsage
+from worker.client.integrations._shared import guarded
+from worker.client.responses import CallUsage, token_count
 from worker.client.tracking import TrackedCall
 
 __all__ = ["UsageCallbackHandler", "read", "stream_reader", "usage_of"]
 
 #: LangChain's `model_provider` / `ls_provider` names -> genai-prices' provider ids. A name not
 #: here is stored as no provider (the worker then prices by the model alone), never guessed.
+#: The handler takes the run's `ls_provider` (the chat model class's) over the message's
+#: `model_provider`: an AzureChatOpenAI message says "openai". A message handed to
+#: call.response() alone cannot tell: give provider="azure" there.
 PROVIDERS = {
     "openai": "openai",
     "azure": "azure",
@@ -59,14 +63,18 @@ PROVIDERS = {
 FIELDS = ("tenant_id", "user_id", "assessment_id", "lead_id", "operation")
 
 
+def _count(part: Mapping[str, Any], key: str) -> int:
+    return token_count(part.get(key), f"usage_metadata {key}")
+
+
 def cache_writes(details: Mapping[str, Any]) -> tuple[int, int, int]:
     """(all, 5-minute, 1-hour) cache writes of an `input_token_details`. The trap:
     langchain-anthropic gives `cache_creation: 0` beside the 5m/1h split when the API splits
     them, so the writes are the split when there is one, else `cache_creation` (LangChain's own
     rule for its `input_tokens`). The mutation check breaks this function."""
-    five = int(details.get("ephemeral_5m_input_tokens") or 0)
-    hour = int(details.get("ephemeral_1h_input_tokens") or 0)
-    return five + hour or int(details.get("cache_creation") or 0), five, hour
+    five = _count(details, "ephemeral_5m_input_tokens")
+    hour = _count(details, "ephemeral_1h_input_tokens")
+    return five + hour or _count(details, "cache_creation"), five, hour
 
 
 def usage_of(metadata: Mapping[str, Any], model: str | None, provider: str | None) -> CallUsage:
@@ -78,16 +86,16 @@ def usage_of(metadata: Mapping[str, Any], model: str | None, provider: str | Non
     for key, value in (
         ("cache_write_5m_tokens", five),
         ("cache_write_1h_tokens", hour),
-        ("output_reasoning_tokens", int(out.get("reasoning") or 0)),
-        ("input_audio_tokens", int(inp.get("audio") or 0)),
-        ("output_audio_tokens", int(out.get("audio") or 0)),
+        ("output_reasoning_tokens", _count(out, "reasoning")),
+        ("input_audio_tokens", _count(inp, "audio")),
+        ("output_audio_tokens", _count(out, "audio")),
     ):
         if value:
             details[key] = value
     return CallUsage(
-        input_tokens=int(metadata.get("input_tokens") or 0),
-        output_tokens=int(metadata.get("output_tokens") or 0),
-        cache_read_tokens=int(inp.get("cache_read") or 0),
+        input_tokens=_count(metadata, "input_tokens"),
+        output_tokens=_count(metadata, "output_tokens"),
+        cache_read_tokens=_count(inp, "cache_read"),
         cache_write_tokens=write,
         usage_details=details,
         model=model,
@@ -208,6 +216,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         with self._lock:
             return self._runs.pop(run_id, None)
 
+    @guarded
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -220,6 +229,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         """Capture the run's fields (on_llm_end gets no metadata)."""
         self._start(run_id, metadata, **kwargs)
 
+    @guarded
     def on_llm_start(
         self,
         serialized: dict[str, Any],
@@ -232,15 +242,21 @@ class UsageCallbackHandler(BaseCallbackHandler):
         """Capture the run's fields (a completion model's run)."""
         self._start(run_id, metadata, **kwargs)
 
+    @guarded
     def on_llm_end(self, response: LLMResult, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         """Record the request's usage."""
         taken = self._take(run_id)
         if taken is None:
             return
-        call = taken[0]
+        call, asked = taken
+        if asked["provider"] is not None:
+            # The chat model's own provider (its ls_provider): langchain-openai's messages say
+            # model_provider "openai" for AzureChatOpenAI too, the wire format, not the host.
+            call.default(provider=asked["provider"])
         call.tracker.feed(response)
         call.finish(False)
 
+    @guarded
     def on_llm_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         """Record a failure (0 tokens, the model asked for)."""
         taken = self._take(run_id)

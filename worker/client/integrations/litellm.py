@@ -38,7 +38,7 @@ from litellm.responses.streaming_iterator import BaseResponsesAPIStreamingIterat
 from litellm.types.llms.openai import ResponseCompletedEvent, ResponsesAPIResponse
 from litellm.types.utils import ModelResponse, ModelResponseStream
 
-from worker.client.responses import CallUsage
+from worker.client.responses import CallUsage, token_count
 from worker.client.tracker import warn_once
 from worker.client.tracking import TrackedCall
 
@@ -52,6 +52,8 @@ PROVIDERS = {
     "openai": "openai",
     "text-completion-openai": "openai",
     "azure": "azure",
+    "azure_ai": "azure",
+    "azure_text": "azure",
     "anthropic": "anthropic",
     "gemini": "google",
     "vertex_ai": "google",
@@ -75,7 +77,7 @@ FIELDS = ("tenant_id", "user_id", "assessment_id", "lead_id", "operation")
 
 def _int(obj: Any, name: str) -> int:
     value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-    return int(value) if isinstance(value, int | float) else 0
+    return token_count(value, name)
 
 
 def _part(obj: Any, name: str) -> Any:

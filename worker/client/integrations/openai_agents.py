@@ -43,8 +43,16 @@ from agents.result import RunResult, RunResultStreaming
 from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEvent
 from agents.usage import Usage
 
-from worker.client.integrations._shared import FieldsOf, Hook, call_usage, provider_id, remember
-from worker.client.responses import CallUsage, get
+from worker.client.integrations._shared import (
+    FieldsOf,
+    Hook,
+    aguarded,
+    call_usage,
+    provider_id,
+    remember,
+    unpriced,
+)
+from worker.client.responses import BadCount, CallUsage, get
 
 if TYPE_CHECKING:
     from agents import Agent, RunContextWrapper
@@ -216,18 +224,24 @@ class UsageHooks(Hook, RunHooks[Any]):
         super().__init__(usage, fields=fields, **defaults)
         self._started: dict[tuple[int, int], float] = {}
 
+    @aguarded
     async def on_llm_start(
         self, context: RunContextWrapper[Any], agent: Agent[Any], *_: Any, **__: Any
     ) -> None:
         remember(self._started, (id(context), id(agent)), time.monotonic())
 
+    @aguarded
     async def on_llm_end(
         self, context: RunContextWrapper[Any], agent: Agent[Any], response: ModelResponse
     ) -> None:
         started = self._started.pop((id(context), id(agent)), None)
         took = None if started is None else int((time.monotonic() - started) * 1000)
+        found: CallUsage | None = None
         try:
-            found: CallUsage | None = usage_of(response.usage, *agent_model(agent.model))
+            named = agent_model(agent.model)
+            found = usage_of(response.usage, *named)
+        except BadCount as exc:
+            found = unpriced(exc, *named, self.what)
         except Exception:  # an SDK object of another shape: recorded unpriced, not raised
             found = None
         self.record_request(found, context.context, duration_ms=took)

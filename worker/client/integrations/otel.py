@@ -37,10 +37,13 @@ Mapping (GenAI semantic conventions, with the older names instrumentations still
   provider: `gen_ai.provider.name`, else `gen_ai.system` (openinference `llm.provider` /
   `llm.system`), as genai-prices' id (`gcp.gemini` -> google, `aws.bedrock` -> aws).
 - a span with status ERROR is recorded as a failure, with whatever usage it carries.
+- a count is an int, a whole float or a string of digits; any other value (negative, a word,
+  NaN) records the span unpriced (0 tokens, the model kept) with a warning naming it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -52,17 +55,21 @@ from opentelemetry.trace import StatusCode
 
 from worker.client.integrations._shared import (
     call_usage,
+    guarded,
     priced_keys,
     provider_id,
     record,
     remember,
+    unpriced,
 )
-from worker.client.responses import TOKEN_KEYS, CallUsage
+from worker.client.responses import TOKEN_KEYS, BadCount, CallUsage, token_count
 
 if TYPE_CHECKING:
     from worker.client.publisher import UsageClient
 
 __all__ = ["UsageSpanProcessor", "usage_of_span"]
+
+log = logging.getLogger(__name__)
 
 #: Event fields a span may carry as `ai_usage.<field>`.
 FIELDS = ("tenant_id", "user_id", "assessment_id", "lead_id", "operation")
@@ -120,6 +127,8 @@ PROVIDERS = {
     "aws.bedrock": "aws",
     "azure.ai.openai": "azure",
     "azure.ai.inference": "azure",
+    "az.ai.openai": "azure",  # the conventions' names before azure.ai.*
+    "az.ai.inference": "azure",
     "x_ai": "x-ai",
     "mistral_ai": "mistral",
 }
@@ -133,14 +142,14 @@ def _first(attrs: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def _count(value: Any) -> int:
-    # An attribute is whatever the instrumentation wrote: a float or a numeric string too.
-    if isinstance(value, bool) or value is None:
-        return 0
-    try:
-        return max(int(float(value)), 0)
-    except (TypeError, ValueError):
-        return 0
+def _count(attrs: Mapping[str, Any], names: tuple[str, ...]) -> int:
+    # An attribute is whatever the instrumentation wrote: a whole float or a string of digits
+    # is read; anything else (negative, a word, a list) raises BadCount naming the attribute.
+    for name in names:
+        value = attrs.get(name)
+        if value is not None:
+            return token_count(value, name)
+    return 0
 
 
 def _text(value: Any) -> str | None:
@@ -163,7 +172,7 @@ def usage_of_span(attrs: Mapping[str, Any]) -> CallUsage | None:
         return None
     if _aggregate(attrs):
         return None
-    counts = {key: _count(_first(attrs, names)) for key, names in NAMES.items()}
+    counts = {key: _count(attrs, names) for key, names in NAMES.items()}
     cached = counts["cache_read_tokens"] + counts["cache_write_tokens"]
     if cached > counts["input_tokens"]:
         counts["input_tokens"] += cached  # an input count that leaves the cache out
@@ -173,14 +182,19 @@ def usage_of_span(attrs: Mapping[str, Any]) -> CallUsage | None:
             key = name[len(_DETAILS) :]
             key = DETAIL_ALIASES.get(key, key)
             if key in keys and key not in TOKEN_KEYS and not counts.get(key):
-                counts[key] = _count(value)
+                counts[key] = token_count(value, name)
+    return call_usage(counts, *span_model(attrs))
+
+
+def span_model(attrs: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(model, genai-prices provider id) a span names."""
     model = _text(attrs.get("gen_ai.response.model")) or _text(
         _first(attrs, ("gen_ai.request.model", "llm.model_name"))
     )
     named = _text(_first(attrs, ("gen_ai.provider.name", "gen_ai.system", "llm.provider")))
     named = named or _text(attrs.get("llm.system"))
     provider = PROVIDERS.get(named.lower()) if named else None
-    return call_usage(counts, model, provider or provider_id(named))
+    return model, provider or provider_id(named)
 
 
 class UsageSpanProcessor(SpanProcessor):
@@ -197,6 +211,7 @@ class UsageSpanProcessor(SpanProcessor):
         self._baggage: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    @guarded
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Keep the baggage fields in force at the span's start (its end has no context)."""
         try:
@@ -207,14 +222,19 @@ class UsageSpanProcessor(SpanProcessor):
             with self._lock:
                 remember(self._baggage, span.context.span_id, found)
 
+    @guarded
     def on_end(self, span: ReadableSpan) -> None:
         """Record the span if it is a model call's."""
         with self._lock:
             held = self._baggage.pop(span.context.span_id, {}) if span.context else {}
         try:
             attrs = span.attributes or {}
-            found = usage_of_span(attrs)
+            try:
+                found = usage_of_span(attrs)
+            except BadCount as exc:
+                found = unpriced(exc, *span_model(attrs), _WHAT)
         except Exception:
+            log.exception("could not read an OpenTelemetry span's usage")
             return
         if found is None:
             return

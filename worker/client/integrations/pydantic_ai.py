@@ -11,8 +11,10 @@
 `after_model_request` runs once per attempt at a model request, streamed or not), so a tool loop
 records one event per request, each with the model that answered it; a request the provider
 fails (`ModelAPIError`, seen by `wrap_model_request`) is recorded as a failure with the model
-asked for. The event fields come from the run's `deps` through the function given, over the
-defaults.
+asked for. The attempts `RetryOnModelErrors` / `ModelFallback` moved on from run inside every
+capability's `wrap_model_request`: they are recorded from the answer's `failed_attempts`, each a
+failure with the usage billed for it, if any. The event fields come from the run's `deps`
+through the function given, over the defaults.
 
 Mapping: pydantic-ai's `RequestUsage` is already in genai-prices' convention (it implements
 genai-prices' `AbstractUsage`): `input_tokens` counts the cache, `cache_read_tokens`,
@@ -36,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import ModelAPIError
-from pydantic_ai.messages import ModelResponse
+from pydantic_ai.messages import ModelRequestAttempt, ModelResponse
 from pydantic_ai.result import StreamedRunResult, StreamedRunResultSync
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.usage import RequestUsage, RunUsage
 
-from worker.client.integrations._shared import Hook, call_usage, provider_id
-from worker.client.responses import CallUsage
+from worker.client.integrations._shared import Hook, call_usage, guarded, provider_id, unpriced
+from worker.client.responses import BadCount, CallUsage
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
@@ -107,12 +109,45 @@ class UsageCapability(Hook, AbstractCapability[Any]):
         request_context: ModelRequestContext,
         response: ModelResponse,
     ) -> ModelResponse:
-        found = usage_of(response.usage, response.model_name, response.provider_name)
+        self._record(ctx, response)
+        return response
+
+    @guarded
+    def _record(self, ctx: RunContext[Any], response: ModelResponse) -> None:
+        # The attempts RetryOnModelErrors / ModelFallback made before this response (they run
+        # inside every capability's wrap_model_request, so no hook sees them fail): each a
+        # failure, with the usage the provider billed for it, if any.
+        for attempt in response.failed_attempts or ():
+            self._record_attempt(ctx, attempt)
+        try:
+            found = usage_of(response.usage, response.model_name, response.provider_name)
+        except BadCount as exc:
+            provider = provider_id(response.provider_name)
+            found = unpriced(exc, response.model_name, provider, self.what)
         took = response.duration
         self.record_request(
             found, ctx.deps, duration_ms=None if took is None else int(took.total_seconds() * 1000)
         )
-        return response
+
+    @guarded
+    def _record_attempt(self, ctx: RunContext[Any], attempt: ModelRequestAttempt) -> None:
+        provider = provider_id(attempt.provider_name)
+        try:
+            found = (
+                CallUsage(model=attempt.model_name, provider=provider)
+                if attempt.usage is None
+                else usage_of(attempt.usage, attempt.model_name, attempt.provider_name)
+            )
+        except BadCount as exc:
+            found = unpriced(exc, attempt.model_name, provider, self.what)
+        took = int(attempt.duration.total_seconds() * 1000)
+        self.record_request(found, ctx.deps, duration_ms=took, failed=True)
+
+    @guarded
+    def _record_failure(self, ctx: RunContext[Any], request_context: ModelRequestContext) -> None:
+        model = request_context.model
+        failed = CallUsage(model=model.model_name, provider=provider_id(model.system))
+        self.record_request(failed, ctx.deps, duration_ms=None, failed=True)
 
     async def wrap_model_request(
         self,
@@ -127,7 +162,5 @@ class UsageCapability(Hook, AbstractCapability[Any]):
             # The provider refused or failed the request (after the SDK's own retries): a
             # failure, with the model asked for. Other exceptions (a capability's ModelRetry,
             # a validation error) are the run's control flow, not a failed request.
-            model = request_context.model
-            failed = CallUsage(model=model.model_name, provider=provider_id(model.system))
-            self.record_request(failed, ctx.deps, duration_ms=None, failed=True)
+            self._record_failure(ctx, request_context)
             raise
