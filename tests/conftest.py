@@ -132,23 +132,29 @@ def fresh_database(pg_server: str) -> Iterator[tuple[str, Engine]]:
 def redis_url(redis_server: str) -> Iterator[str]:
     """A Redis db number of its own (empty at the start), flushed at the end."""
     base = urlsplit(redis_server)
-    chosen = None
+    # The claim is a key in db 0, which no run uses for its data: a marker inside the chosen db
+    # would be wiped by the first test's FLUSHDB, and a second run started meanwhile (two
+    # checkouts on one machine) could then take the same db and flush the first run's keys.
+    # It expires, so a run killed before its teardown frees its db within two hours.
+    registry = redis.Redis.from_url(urlunsplit(base._replace(path="/0")))
+    chosen, claim = None, ""
     for _ in range(50):
         n = secrets.randbelow(15) + 1
         url = urlunsplit(base._replace(path=f"/{n}"))
+        claim = f"aiu-test-claim:{n}"
         client = redis.Redis.from_url(url)
-        # SET NX on a marker claims the db for this run even if another run looks at once.
-        if client.dbsize() == 0 and client.set("aiu-test-claim", "1", nx=True):
-            client.delete("aiu-test-claim")
-            chosen = url
-            client.close()
-            break
+        empty = client.dbsize() == 0
         client.close()
-    assert chosen, "no empty Redis db number found"
+        if empty and registry.set(claim, os.getpid(), nx=True, ex=7200):
+            chosen = url
+            break
+    assert chosen, "no empty, unclaimed Redis db number found"
     yield chosen
     client = redis.Redis.from_url(chosen)
     client.flushdb()
     client.close()
+    registry.delete(claim)
+    registry.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
