@@ -1,4 +1,4 @@
-"""The event schema: every rule of the README's contract, and errors that name the field."""
+"""The event schema: every rule of the contract (docs/recording/events.md), and errors that name the field."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Node.js producers (README, "Node.js producers"): celery-node with task protocol 1 and 2 and
-celery-ts (protocol 2) send events the way the README says, to a real worker, and every event
+"""Node.js producers (docs/recording/other-languages.md): celery-node with task protocol 1 and 2 and
+celery-ts (protocol 2) send events the way the manual says, to a real worker, and every event
 lands priced. The npm packages (versions pinned by tests/node/package-lock.json) are installed by
 this test into a temporary folder, never into the checkout."""
 

@@ -1,4 +1,4 @@
-"""The three ways to own the schema (README, "Owning the schema"), on real PostgreSQL, each next to
+"""The three ways to own the schema (docs/ledger/schema.md), on real PostgreSQL, each next to
 a host application with an alembic chain of its own (revisions host0001, host0002)."""
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def test_standalone_refuses_a_host_database(
 
 
 def copy_our_revisions(into: Path, only: str | None = None) -> None:
-    """Mode (c), as the README says: our revisions from ai_usage_logs on, into the host's
+    """Mode (c), as docs/ledger/schema.md says: our revisions from ai_usage_logs on, into the host's
     versions folder, the first one re-parented onto the host's head."""
     for path in sorted(Path(migrations_dir(), "versions").glob("*.py")):
         if "9f8e7d6c5b4a" in path.name or "a1b2c3d4e5f6" in path.name:

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     alert_delivery_queue: str = Field(
         PERIODIC_QUEUE, min_length=1, validation_alias="AI_USAGE_ALERT_DELIVERY_QUEUE"
     )
-    #: JSON file of operator price overrides (see README, Pricing). Empty: none.
+    #: JSON file of operator price overrides (docs/ledger/pricing.md). Empty: none.
     price_overrides_file: str | None = Field(None, validation_alias="AI_USAGE_PRICE_OVERRIDES")
     #: Port of the Prometheus endpoint served by worker and beat; 0 turns it off.
     metrics_port: int = Field(0, ge=0, le=65535, validation_alias="AI_USAGE_METRICS_PORT")
@@ -130,8 +130,8 @@ class Settings(BaseSettings):
         "default", validation_alias="AI_USAGE_BEAT_SCHEDULER"
     )
     #: Who owns the schema: `standalone`, `host` (a host application's database, our own
-    #: version table) or `copied` (our revisions copied into the host's chain). README,
-    #: "Owning the schema"; the values are worker.ledger.db.SchemaMode.
+    #: version table) or `copied` (our revisions copied into the host's chain). docs/ledger/
+    #: schema.md; the values are worker.ledger.db.SchemaMode.
     schema_mode: Literal["standalone", "host", "copied"] = Field(
         "standalone", validation_alias="AI_USAGE_SCHEMA"
     )

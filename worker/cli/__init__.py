@@ -2,7 +2,7 @@
 run, reconcile.
 
 Every command prints one clear line and exits non-zero when it cannot do its work; a traceback
-only with `--debug`. Exit codes (README, Operations): 0 ok, 1 a check or part of the work
+only with `--debug`. Exit codes (docs/running/health.md): 0 ok, 1 a check or part of the work
 failed, 2 a usage or configuration error, 3 the database or broker unreachable (or missing).
 """
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:  # the CLI's entry point must import without the worker extra
     from sqlalchemy import Engine
 
-#: Exit codes, documented in the README (Operations).
+#: Exit codes, documented in docs/running/health.md.
 EXIT_OK = 0
 EXIT_FAILED = 1  # a check failed, or some of the work did not succeed
 EXIT_USAGE = 2  # bad arguments or configuration, or an argument that names nothing

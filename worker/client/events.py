@@ -1,5 +1,5 @@
 """The usage event: one AI call, as producers send it. This schema is the public contract
-(README, "Event fields") and the judge of every event: the client validates at the call site
+(docs/recording/events.md) and the judge of every event: the client validates at the call site
 and the worker again before writing, both through its fast path (worker.client.fast), which
 takes only what this model would take with the same values and hands it everything else."""
 
@@ -47,7 +47,7 @@ def _check_text(value: str) -> str:
 
 
 class UsageEvent(BaseModel):
-    """One AI API call. See the README for the rules of each field."""
+    """One AI API call. See docs/recording/events.md for the rules of each field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 

@@ -1,5 +1,5 @@
-"""Interpreter settings for the worker's ingest process, measured on the bench (README,
-Performance): the consumer thread prepares batches in Python while the writer thread waits on
+"""Interpreter settings for the worker's ingest process, measured on the bench
+(docs/performance): the consumer thread prepares batches in Python while the writer thread waits on
 PostgreSQL, and the two contend for the GIL.
 
 - `gc.freeze()` once started: the tens of thousands of objects of Celery, kombu, SQLAlchemy and

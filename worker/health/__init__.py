@@ -1,7 +1,7 @@
 """`ai-usage check`: one line per check, for people, container healthchecks and monitoring.
 
 Exit status 1 if any check fails (warnings are printed, not fatal). The checks and what to do
-for each are in the README (Operations)."""
+for each are in docs/running/health.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`ai-usage check`, the broker half: Redis reachable and recent enough, and the pipeline not
 stuck: the oldest waiting message, messages no worker is restoring, items set aside, and the
-workers' heartbeats. Each check that can fail says what to do (README, Operations)."""
+workers' heartbeats. Each check that can fail says what to do (docs/running/health.md)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def dispose_engine() -> None:
         _engine_pid = None
 
 
-#: Who owns the schema (README, "Owning the schema"), from AI_USAGE_SCHEMA:
+#: Who owns the schema (docs/ledger/schema.md), from AI_USAGE_SCHEMA:
 #: `standalone`: our whole chain, stand-in parent tables included, in `alembic_version`;
 #: `host`: a host application's database that has the parent tables: our chain from
 #:   ai_usage_logs on, in a version table of our own, the host's `alembic_version` untouched;

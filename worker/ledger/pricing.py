@@ -1,7 +1,7 @@
 """Prices an event at the price in force when its AI call happened, from its full usage.
 
 Sources, in order:
-1. Operator overrides: a JSON file named by AI_USAGE_PRICE_OVERRIDES (see README, Pricing),
+1. Operator overrides: a JSON file named by AI_USAGE_PRICE_OVERRIDES (docs/ledger/pricing.md),
    per model (optionally per provider) with an effective-from date.
 2. genai-prices' bundled snapshot (never its network updater).
 An unknown model prices to None (stored as NULL, counted and logged), never to 0.
