@@ -31,8 +31,10 @@ from agents import (
     set_tracing_disabled,
 )
 from agents.extensions.models.litellm_model import LitellmModel
+from agents.usage import Usage
 from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 from openai import AsyncOpenAI
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from tests.integrations import support as s
 from tests.integrations.support import Case, Replay, Truth
@@ -239,6 +241,44 @@ def test_model_response_alone_names_no_model() -> None:
     ]
     per_request = integration.read(result.context_wrapper.usage) or []
     assert [u.input_tokens for u in per_request] == [20_000, 20_800]
+
+
+def test_anthropic_cache_writes_warn_that_their_ttl_is_unknown(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's Usage keeps no 5m/1h split: Anthropic writes are priced as 5-minute ones, and
+    the application is told once (a 1-hour write would be priced at 1.25x, not 2x, the input)."""
+    from worker.client import tracker
+
+    monkeypatch.setattr(tracker, "_warned", set())
+    read = integration.usage_of(
+        Usage(
+            requests=1,
+            input_tokens=12_560,
+            output_tokens=400,
+            input_tokens_details=InputTokensDetails(cached_tokens=8_000, cache_write_tokens=4_500),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        ),
+        CLAUDE,
+        "anthropic",
+    )
+    assert read.cache_write_tokens == 4_500
+    assert read.usage_details.get("cache_write_1h_tokens", 0) == 0
+    with caplog.at_level("WARNING"):
+        for provider in ("openai", "anthropic", "anthropic"):
+            integration.usage_of(
+                Usage(
+                    requests=1,
+                    input_tokens=100,
+                    output_tokens=1,
+                    input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=50),
+                    output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+                ),
+                CLAUDE if provider == "anthropic" else GPT,
+                provider,
+            )
+    told = [r for r in caplog.records if "5-minute or 1-hour" in r.getMessage()]
+    assert len(told) == 1
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ from worker.client.integrations._shared import (
     unpriced,
 )
 from worker.client.responses import BadCount, CallUsage, get
+from worker.client.tracker import warn_once
 
 if TYPE_CHECKING:
     from agents import Agent, RunContextWrapper
@@ -124,7 +125,17 @@ def usage_of(usage: Any, model: str | None, provider: str | None) -> CallUsage:
         "cache_write_tokens": get(inputs, "cache_write_tokens"),
         "output_reasoning_tokens": get(get(usage, "output_tokens_details"), "reasoning_tokens"),
     }
-    # The SDK keeps no TTL split of Anthropic's writes: call_usage takes them as 5-minute ones.
+    # The SDK keeps no TTL split of Anthropic's writes: call_usage takes them as 5-minute ones,
+    # which misprices 1-hour writes (2x the input price, not 1.25x): say so, once.
+    writes = counts["cache_write_tokens"]
+    if provider == "anthropic" and isinstance(writes, int) and writes > 0:
+        warn_once(
+            "agents-anthropic-cache-ttl",
+            "ai-usage: the OpenAI Agents SDK does not say whether Anthropic cache writes "
+            "were 5-minute or 1-hour ones: they are priced as 5-minute writes. Meter calls "
+            "that write 1-hour caches with worker.client.integrations.litellm.UsageLogger, "
+            "which reads the split.",
+        )
     return call_usage(counts, model, provider)
 
 
