@@ -297,3 +297,52 @@ def chat_stream(model: str, usage: dict[str, Any]) -> bytes:
 def responses_stream(model: str, usage: dict[str, Any]) -> bytes:
     """A Responses API SSE stream (response.completed carries the usage)."""
     return wire.sse(wire.response_events(model, usage))
+
+
+# -- the common matrix: OpenAI chat, OpenAI Responses and Anthropic (5m and 1h writes) ---------
+
+
+def tool_run_usages(provider: str) -> list[dict[str, Any]]:
+    """Two requests' wire usage (a tool run's first and second), cache in both; `provider` is
+    `openai-chat`, `openai-responses` or `anthropic`."""
+    if provider == "openai-chat":
+        return [chat_usage(12_000, 400, 9_000, 120), chat_usage(12_600, 90, 12_000)]
+    if provider == "openai-responses":
+        return [
+            wire.responses_usage(20_000, 700, 16_000, 300),
+            wire.responses_usage(20_800, 150, 19_000),
+        ]
+    return [anthropic_usage(60, 8_000, 1_500, 3_000, 400), anthropic_usage(90, 12_500, 0, 400, 80)]
+
+
+def provider_truth(
+    provider: str, usage: dict[str, Any], gpt: str = GPT, claude: str = SONNET
+) -> Truth:
+    """What genai-prices makes of `usage` as the provider's own answer for that model."""
+    if provider == "anthropic":
+        return truth(usage, claude, "anthropic")
+    return truth(usage, gpt, "openai", "chat" if provider == "openai-chat" else "responses")
+
+
+def openai_answer(
+    provider: str, usage: dict[str, Any], stream: bool, tool_call: bool, gpt: str = GPT
+) -> Any:
+    """OpenAI's wire answer (chat or Responses): a stream, a tool call or a plain answer."""
+    if provider == "openai-chat":
+        if stream:
+            return chat_stream(gpt, usage)
+        return chat_tool_call(gpt, usage) if tool_call else wire.chat_completion(gpt, usage)
+    if stream:
+        return responses_stream(gpt, usage)
+    return responses_tool_call(gpt, usage) if tool_call else wire.response(gpt, usage)
+
+
+def provider_answer(provider: str, usage: dict[str, Any], stream: bool, tool_call: bool) -> Any:
+    """The provider's wire answer to one request of the common matrix."""
+    if provider.startswith("openai"):
+        return openai_answer(provider, usage, stream, tool_call)
+    if stream:
+        return anthropic_stream(SONNET, usage)
+    if tool_call:
+        return anthropic_tool_use(SONNET, usage)
+    return wire.anthropic_message(SONNET, usage)

@@ -54,28 +54,15 @@ def gemini_usage(prompt: int, out: int, cached: int, thoughts: int) -> dict[str,
 
 def usages(provider: str) -> list[dict[str, Any]]:
     """Two requests' wire usage (a tool run's first and second), cache in both."""
-    if provider == "openai-chat":
-        return [s.chat_usage(12_000, 400, 9_000, 120), s.chat_usage(12_600, 90, 12_000)]
-    if provider == "openai-responses":
-        return [
-            s.wire.responses_usage(20_000, 700, 16_000, 300),
-            s.wire.responses_usage(20_800, 150, 19_000),
-        ]
     if provider == "gemini":
         return [gemini_usage(30_000, 500, 24_000, 300), gemini_usage(30_600, 80, 30_000, 0)]
-    return [
-        s.anthropic_usage(60, 8_000, 1_500, 3_000, 400),
-        s.anthropic_usage(90, 12_500, 0, 400, 80),
-    ]
+    return s.tool_run_usages(provider)
 
 
 def truth(provider: str, usage: dict[str, Any]) -> Truth:
-    if provider == "anthropic":
-        return s.truth(usage, s.SONNET, "anthropic")
     if provider == "gemini":
         return s.truth(usage, s.GEMINI, "google")
-    flavor = "chat" if provider == "openai-chat" else "responses"
-    return s.truth(usage, s.GPT, "openai", flavor)
+    return s.provider_truth(provider, usage)
 
 
 def gemini_answer(usage: dict[str, Any], tool_call: bool) -> dict[str, Any]:
@@ -88,23 +75,11 @@ def gemini_answer(usage: dict[str, Any], tool_call: bool) -> dict[str, Any]:
 
 def answer(provider: str, usage: dict[str, Any], stream: bool, tool_call: bool) -> Any:
     """The provider's wire answer."""
-    if provider == "openai-chat":
-        if stream:
-            return s.chat_stream(s.GPT, usage)
-        return s.chat_tool_call(s.GPT, usage) if tool_call else s.wire.chat_completion(s.GPT, usage)
-    if provider == "openai-responses":
-        if stream:
-            return s.responses_stream(s.GPT, usage)
-        return s.responses_tool_call(s.GPT, usage) if tool_call else s.wire.response(s.GPT, usage)
     if provider == "gemini":
         if stream:
             return (s.wire.gemini_sse(s.GEMINI, usage), s.SSE)
         return gemini_answer(usage, tool_call)
-    if stream:
-        return s.anthropic_stream(s.SONNET, usage)
-    if tool_call:
-        return s.anthropic_tool_use(s.SONNET, usage)
-    return s.wire.anthropic_message(s.SONNET, usage)
+    return s.provider_answer(provider, usage, stream, tool_call)
 
 
 def replay_for(provider: str, mode: str) -> tuple[Replay, list[Truth]]:

@@ -42,43 +42,9 @@ def weather(city: str) -> str:
 
 TOOL = FunctionTool.from_defaults(fn=weather)
 ASK = [ChatMessage(role=MessageRole.USER, content="Weather in Paris?")]
-
-
-def usages(provider: str) -> list[dict[str, Any]]:
-    """Two requests' wire usage (a tool run's first and second), cache in both."""
-    if provider == "openai-chat":
-        return [s.chat_usage(12_000, 400, 9_000, 120), s.chat_usage(12_600, 90, 12_000)]
-    if provider == "openai-responses":
-        return [
-            s.wire.responses_usage(20_000, 700, 16_000, 300),
-            s.wire.responses_usage(20_800, 150, 19_000),
-        ]
-    return [
-        s.anthropic_usage(60, 8_000, 1_500, 3_000, 400),
-        s.anthropic_usage(90, 12_500, 0, 400, 80),
-    ]
-
-
-def truth(provider: str, usage: dict[str, Any]) -> Truth:
-    if provider == "anthropic":
-        return s.truth(usage, s.SONNET, "anthropic")
-    return s.truth(usage, s.GPT, "openai", "chat" if provider == "openai-chat" else "responses")
-
-
-def answer(provider: str, usage: dict[str, Any], stream: bool, tool_call: bool) -> Any:
-    if provider == "openai-chat":
-        if stream:
-            return s.chat_stream(s.GPT, usage)
-        return s.chat_tool_call(s.GPT, usage) if tool_call else s.wire.chat_completion(s.GPT, usage)
-    if provider == "openai-responses":
-        if stream:
-            return s.responses_stream(s.GPT, usage)
-        return s.responses_tool_call(s.GPT, usage) if tool_call else s.wire.response(s.GPT, usage)
-    if stream:
-        return s.anthropic_stream(s.SONNET, usage)
-    if tool_call:
-        return s.anthropic_tool_use(s.SONNET, usage)
-    return s.wire.anthropic_message(s.SONNET, usage)
+usages = s.tool_run_usages
+truth = s.provider_truth
+answer = s.provider_answer
 
 
 def scenario(provider: str, mode: str) -> tuple[Replay, list[Truth]]:

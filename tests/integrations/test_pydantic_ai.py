@@ -34,6 +34,7 @@ PROVIDERS = ("openai-chat", "openai-responses", "anthropic")
 #: Models pydantic-ai's profiles do not mark deprecated (a warning is an error here).
 GPT = "gpt-5.5"
 CLAUDE = "claude-sonnet-5-5"
+usages = s.tool_run_usages
 
 
 def weather(city: str) -> str:
@@ -41,25 +42,8 @@ def weather(city: str) -> str:
     return f"Sunny in {city}"
 
 
-def usages(provider: str) -> list[dict[str, Any]]:
-    """Two requests' wire usage (a tool run's first and second), cache in both."""
-    if provider == "openai-chat":
-        return [s.chat_usage(12_000, 400, 9_000, 120), s.chat_usage(12_600, 90, 12_000)]
-    if provider == "openai-responses":
-        return [
-            s.wire.responses_usage(20_000, 700, 16_000, 300),
-            s.wire.responses_usage(20_800, 150, 19_000),
-        ]
-    return [
-        s.anthropic_usage(60, 8_000, 1_500, 3_000, 400),
-        s.anthropic_usage(90, 12_500, 0, 400, 80),
-    ]
-
-
 def truth(provider: str, usage: dict[str, Any]) -> Truth:
-    if provider == "anthropic":
-        return s.truth(usage, CLAUDE, "anthropic")
-    return s.truth(usage, GPT, "openai", "chat" if provider == "openai-chat" else "responses")
+    return s.provider_truth(provider, usage, GPT, CLAUDE)
 
 
 def anthropic_tool_stream(model: str, usage: dict[str, Any]) -> bytes:
@@ -75,15 +59,9 @@ def anthropic_tool_stream(model: str, usage: dict[str, Any]) -> bytes:
 
 
 def answer(provider: str, usage: dict[str, Any], stream: bool, tool_call: bool) -> Any:
-    """The provider's wire answer to one request."""
-    if provider == "openai-chat":
-        if stream:
-            return s.chat_stream(GPT, usage)
-        return s.chat_tool_call(GPT, usage) if tool_call else s.wire.chat_completion(GPT, usage)
-    if provider == "openai-responses":
-        if stream:
-            return s.responses_stream(GPT, usage)
-        return s.responses_tool_call(GPT, usage) if tool_call else s.wire.response(GPT, usage)
+    """The provider's wire answer to one request (pydantic-ai streams every Anthropic one)."""
+    if provider.startswith("openai"):
+        return s.openai_answer(provider, usage, stream, tool_call, GPT)
     return anthropic_tool_stream(CLAUDE, usage) if tool_call else s.anthropic_stream(CLAUDE, usage)
 
 
