@@ -108,4 +108,4 @@ bench: install
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(LATEST) site .cache .run .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(OLDEST) $(INTEGRATIONS) $(LLAMAINDEX) site .cache .run .mypy_cache .ruff_cache .pytest_cache *.egg-info
