@@ -145,7 +145,7 @@ def test_upgrade_folds_pending_deltas_then_backfills_and_downgrade_restores(
                 "c": dt.datetime(closed.year, closed.month, 4, tzinfo=UTC),
             },
         )
-        assert conn.execute(text("SELECT count(*) FROM ai_usage_rollup_deltas")).scalar() > 0
+        assert conn.execute(text("SELECT count(*) FROM ai_usage_rollup_deltas")).scalar_one() > 0
 
     command.upgrade(cfg, "head")
     with engine.connect() as conn:
