@@ -25,10 +25,11 @@ from outside its buffers (pg_statio).
 At the largest size, our own additions to the table are each left out, in the same seconds:
 the fingerprint column (NULL instead of filled, as the worker writes it), batch by batch
 against the full write, and the rollup-delta trigger, disabled for blocks of batches between
-blocks of the other two. Then `report --by user` over the month for the 1/15 and the 1/3
-tenant: the plan and time of the log query with the planner's defaults (what it was before
-issue 27) and of load_breakdown (what it is now), warm (median of 3) and with the page cache
-dropped (once each) (bench/scalereport.py). Last, the retention of a closed month of
+blocks of the other two. Then the month's rollups are recomputed from the log (timed; the
+loaded rows left no deltas) and `report --by user` runs over the month for the 1/15 and the
+1/3 tenant: the plan and time of load_breakdown (the per-user rollups) and of the log query it
+ran before, warm (median of 3) and with the page cache dropped (once each)
+(bench/scalereport.py). Last, the retention of a closed month of
 `prune_rows` rows beside a writer (bench/scaleprune.py). Data: bench/scaledata.py."""
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from bench.scaledata import (
     scalar,
 )
 from bench.scaleprune import prune_month
-from bench.scalereport import user_report
+from bench.scalereport import rollup_month, user_report
 from bench.servers import Stack, throwaway_database
 from worker.ledger.ingest import store_batch
 from worker.ledger.rows import PreparedBatch, WriteResult
@@ -341,8 +342,9 @@ def scale(
         out["v4_largest_over_empty"] = largest["v4_over_empty"]
         say("our additions: fingerprint, delta trigger")
         out["ours"] = _ours(stack, tenants, events // 2, rounds)
-        say("report --by user")
+        say("report --by user (the month's rollups recomputed from the log first)")
         out["report_user"] = {
+            "rollup_month_s": rollup_month(stack),
             "tenant_1_of_15": user_report(stack, machine, tenants[0]),
             "tenant_1_of_3": user_report(stack, machine, tenants[1]),
         }

@@ -33,7 +33,7 @@ from worker.settings import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The newest revision of the chain (a new revision moves it: the schema tests then follow).
-HEAD = "b8c9d0e1f2a3"
+HEAD = "d0e1f2a3b4c5"
 VENV_BIN = Path(sys.executable).parent
 CELERY = str(VENV_BIN / "celery")
 AI_USAGE = str(VENV_BIN / "ai-usage")
@@ -186,6 +186,7 @@ TABLES = (
     "ai_usage_monthly_rollups",
     "ai_usage_rollup_deltas",
     "ai_usage_daily_rollups",
+    "ai_usage_user_daily_rollups",
     "ai_usage_closed_months",
     "ai_usage_rollup_state",
     "leads",

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from tests.conftest import make_tenant
+from tests.rollup_checks import USERS, assert_users_exact, user_buckets
 from tests.test_rollups import assert_rollups_exact
 from worker.cli import main as cli
 from worker.ledger import rollups
@@ -61,6 +62,7 @@ def assert_daily_exact(engine: Engine, where: str = "") -> int:
     diff = {k: (expected.get(k), got.get(k)) for k in set(expected) | set(got)}
     diff = {k: v for k, v in diff.items() if v[0] != v[1]}
     assert not diff, list(diff.items())[:5]
+    assert_users_exact(engine, where)  # the per-user rows are folded from the same deltas
     return len(expected)
 
 
@@ -77,6 +79,18 @@ def event(tenant: uuid.UUID, at: dt.datetime, rng: random.Random, **extra: Any) 
         "created_at": at.isoformat(),
         **extra,
     }
+
+
+def make_user(engine: Engine, tenant: uuid.UUID) -> uuid.UUID:
+    with engine.begin() as conn:
+        return uuid.UUID(
+            str(
+                conn.execute(
+                    text("INSERT INTO users (tenant_id, name) VALUES (:t, 'u') RETURNING id"),
+                    {"t": tenant},
+                ).scalar_one()
+            )
+        )
 
 
 def insert_raw(conn: Connection, tenant: uuid.UUID, at: dt.datetime, n: int = 1) -> None:
@@ -173,6 +187,12 @@ def test_random_writes_deletes_reprices_and_prunes_keep_every_bucket_exact(
     rng = random.Random(seed)
     tenants = [make_tenant(db, f"t{i}") for i in range(3)]
     months = [add_months(THIS_MONTH, -k) for k in range(16)]
+    users = {t: [make_user(db, t) for _ in range(3)] for t in tenants}
+
+    def user_event(at: dt.datetime) -> dict[str, Any]:
+        tenant = rng.choice(tenants)
+        who = rng.choice([*users[tenant], None])  # one in four without a user
+        return event(tenant, at, rng, **({"user_id": str(who)} if who else {}))
 
     def moment() -> dt.datetime:
         month = rng.choice(months[:3] + months[-2:])
@@ -185,11 +205,12 @@ def test_random_writes_deletes_reprices_and_prunes_keep_every_bucket_exact(
         return min(at, NOW)
 
     pruned: list[tuple[Any, ...]] = []
+    users_before: dict[Any, tuple[Any, ...]] = {}
     overrides = tmp_path / "prices.json"
     for step in range(40):
         action = rng.random()
         if action < 0.45:
-            batch = [event(rng.choice(tenants), moment(), rng) for _ in range(rng.randint(1, 40))]
+            batch = [user_event(moment()) for _ in range(rng.randint(1, 40))]
             write_batch(db, batch, Pricer())
         elif action < 0.6:
             with db.begin() as conn:
@@ -217,7 +238,14 @@ def test_random_writes_deletes_reprices_and_prunes_keep_every_bucket_exact(
             reprice(db, Pricer(load_overrides(str(overrides))), chunk=7)
         elif action < 0.75 and not pruned:
             run_rollup(db, wait=True)
-            before = dict(buckets(db, DAILY, f"WHERE day < '{add_months(THIS_MONTH, -13)}'"))
+            # The months it closes (a month before the cutoff with no rows yet stays open).
+            old = (
+                f"WHERE day < '{add_months(THIS_MONTH, -13)}' AND date_trunc('month', day)::date"
+                " IN (SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date"
+                " FROM ai_usage_logs)"
+            )
+            before = dict(buckets(db, DAILY, old))
+            users_before = user_buckets(db, USERS, old)
             result = prune(db, 13, batch=9)
             assert result.months, "some rows fall in the months before the cutoff"
             pruned = sorted(before.items())
@@ -230,7 +258,11 @@ def test_random_writes_deletes_reprices_and_prunes_keep_every_bucket_exact(
     assert_daily_exact(db, f"WHERE day >= '{cutoff}'")
     if pruned:
         # Final: the rollups of the pruned months are those at the prune, whatever came after.
-        assert sorted(buckets(db, DAILY, f"WHERE day < '{cutoff}'").items()) == pruned
+        closed = (
+            "WHERE date_trunc('month', day)::date IN (SELECT month FROM ai_usage_closed_months)"
+        )
+        assert sorted(buckets(db, DAILY, closed).items()) == pruned
+        assert user_buckets(db, USERS, closed) == users_before
     else:
         assert_daily_exact(db)
         assert_rollups_exact(db)

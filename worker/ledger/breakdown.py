@@ -1,12 +1,13 @@
 """Breakdowns (`ai-usage report --by model|operation|day|user`) and daily costs.
 
-model, operation and day are read from the daily rollups (never the log); user is read from
-the log, for one tenant and at most MAX_USER_DAYS days (a user dimension in the rollups would
-multiply them by the number of users). At scale that read costs what the table holds, not what
-the tenant holds: a tenant's rows are spread over every page of the month, so the planner scans
-the table, and forcing the tenant's index was no faster (2.08M rows of a 30M-row table: 5.1 s
-as planned, 6.4 s through the index; docs/ledger/scale.md). Bounding it needs per-user
-rollups."""
+Nothing here reads the log. model, operation and day are read from the daily rollups; user
+from the per-user daily rollups (ai_usage_user_daily_rollups), for one tenant, through their
+primary key (tenant_id, day, user_id): a read of about one row per active user and day, whatever
+the table holds. (Read from the log, a tenant's rows are spread over every page of the month,
+so the read cost what the table held: 5.1 s for 2.08M rows of a 30M-row table;
+docs/ledger/scale.md.) Both are as of the last rollup run, as the other dimensions are.
+Months retention closed before the per-user rollups existed have no per-user figures: a range
+over one is refused, naming the months, rather than shown short."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from worker.ledger.months import day_bounds, month_start, next_month
+from worker.ledger.months import month_start, next_month
+from worker.ledger.rollup_sql import NO_USER
 from worker.textsafe import csv_document, text_table
 
 DIMENSIONS = ("model", "operation", "day", "user")
-MAX_USER_DAYS = 92
 #: Columns a key (a model, an operation, a user id) is cut to in the table; JSON and CSV hold it
 #: whole.
 KEY_WIDTH = 48
@@ -50,14 +51,18 @@ SELECT {{key}}, {_SUMS}
 FROM ai_usage_daily_rollups WHERE day >= :first AND day <= :last {{tenant}}
 GROUP BY 1
 """
-#: The `--by user` statement: one tenant's rows over [start, end), per user.
-USER_SQL = """
-SELECT user_id, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens),
-       COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
-       SUM(cost_usd::numeric), COUNT(*) FILTER (WHERE success = 'failure'),
-       COUNT(*) FILTER (WHERE cost_usd IS NULL)
-FROM ai_usage_logs WHERE tenant_id = :tenant AND created_at >= :start AND created_at < :end
+#: The `--by user` statement: one tenant's per-user rows over [first, last], per user (events
+#: without a user are kept under the nil UUID, shown as "(none)").
+USER_SQL = f"""
+SELECT NULLIF(user_id, CAST(:no_user AS uuid)), {_SUMS}
+FROM ai_usage_user_daily_rollups WHERE tenant_id = :tenant AND day >= :first AND day <= :last
 GROUP BY 1
+"""
+#: Closed months in [first, last] whose per-user figures were never kept.
+_UNKEPT = """
+SELECT month FROM ai_usage_closed_months
+WHERE NOT has_user_rollups AND month >= date_trunc('month', CAST(:first AS date)) AND month <= :last
+ORDER BY month
 """
 
 
@@ -120,10 +125,8 @@ def load_breakdown(
     params: dict[str, Any] = {"first": first, "last": last, "tenant": tenant}
     if by == "user":
         if tenant is None:
-            raise ValueError("--by user needs --tenant: per-user figures are read from the log")
-        if (last - first).days + 1 > MAX_USER_DAYS:
-            raise ValueError(f"--by user covers at most {MAX_USER_DAYS} days; narrow --from/--to")
-        params["start"], params["end"] = day_bounds(first, last)
+            raise ValueError("--by user needs --tenant: per-user figures are kept per tenant")
+        params["no_user"] = NO_USER
         sql = USER_SQL
     else:
         sql = _FROM_ROLLUPS.format(
@@ -132,6 +135,8 @@ def load_breakdown(
         )
     scope = nullcontext(engine) if isinstance(engine, Connection) else engine.connect()
     with scope as conn:
+        if by == "user":
+            _refuse_unkept_months(conn, first, last)
         rows = [
             # SUM of a bigint is NUMERIC: the counts back to int, the cost kept exact.
             BreakdownRow(
@@ -155,6 +160,18 @@ def load_breakdown(
     else:
         rows.sort(key=lambda r: (-(r.cost_usd or 0), -r.api_calls, r.key))
     return Breakdown(by, first, last, tenant, rows)
+
+
+def _refuse_unkept_months(conn: Connection, first: dt.date, last: dt.date) -> None:
+    """ValueError naming the months of [first, last] that have no per-user figures."""
+    unkept = list(conn.execute(text(_UNKEPT), {"first": first, "last": last}).scalars())
+    if unkept:
+        names = ", ".join(m.strftime("%Y-%m") for m in unkept)
+        raise ValueError(
+            f"--by user: no per-user figures for {names}: retention closed"
+            f" {'that month' if len(unkept) == 1 else 'those months'} before per-user rollups"
+            " were kept; narrow --from/--to (their totals are in the other reports)"
+        )
 
 
 def daily_costs(

@@ -1,7 +1,10 @@
-"""The SQL of a rollup run (worker.ledger.rollups): fold the visible deltas into the daily
-rollups, drop emptied buckets, derive the monthly rows, recompute a month from the log."""
+"""The SQL of a rollup run (worker.ledger.rollups): fold the visible deltas into the daily and
+the per-user daily rollups, drop emptied buckets, derive the monthly rows, recompute a month
+from the log."""
 
 from __future__ import annotations
+
+import uuid
 
 #: The measures of a bucket, in the column order of the delta and daily tables.
 MEASURES = (
@@ -19,18 +22,40 @@ KEY = ("tenant_id", "day", "model", "operation", "success")
 _COLS = ", ".join(KEY + MEASURES)
 _SUMS = ", ".join(f"SUM({m})" for m in MEASURES)
 
+#: The user_id under which ai_usage_user_daily_rollups keeps events without a user: the nil
+#: UUID, which no user has (a primary key column cannot be NULL; see revision d0e1f2a3b4c5).
+NO_USER = uuid.UUID(int=0)
+_NO_USER = f"CAST('{NO_USER}' AS uuid)"
+USER_KEY = ("tenant_id", "day", "user_id")
+_USER_COLS = ", ".join(USER_KEY + MEASURES)
+_ADD = ", ".join(f"{m} = {{t}}.{m} + EXCLUDED.{m}" for m in MEASURES)
+
 # Under REPEATABLE READ the DELETE removes exactly the deltas this run's snapshot sees: a writer
-# that commits later keeps its deltas for the next run, and its rows were not seen either.
+# that commits later keeps its deltas for the next run, and its rows were not seen either. The
+# taken deltas go into both tables in this one statement, so each is folded once into each.
+# Rows out: every daily bucket it wrote ("d"), and the per-user buckets left with no call ("u",
+# user_id in the model column's place), which the run then drops.
 FOLD = f"""
 WITH taken AS (
-    DELETE FROM ai_usage_rollup_deltas RETURNING {_COLS}
+    DELETE FROM ai_usage_rollup_deltas RETURNING {_COLS}, user_id
+), daily AS (
+    INSERT INTO ai_usage_daily_rollups AS d ({_COLS}, computed_at)
+    SELECT {", ".join(KEY)}, {_SUMS}, now() FROM taken GROUP BY {", ".join(KEY)}
+    ON CONFLICT ({", ".join(KEY)}) DO UPDATE SET {_ADD.format(t="d")},
+        computed_at = EXCLUDED.computed_at
+    RETURNING d.tenant_id, d.day, d.model, d.operation, d.success, d.api_calls
+), users AS (
+    INSERT INTO ai_usage_user_daily_rollups AS u ({_USER_COLS}, computed_at)
+    SELECT tenant_id, day, COALESCE(user_id, {_NO_USER}), {_SUMS}, now() FROM taken
+    GROUP BY 1, 2, 3
+    ON CONFLICT ({", ".join(USER_KEY)}) DO UPDATE SET {_ADD.format(t="u")},
+        computed_at = EXCLUDED.computed_at
+    RETURNING u.tenant_id, u.day, u.user_id, u.api_calls
 )
-INSERT INTO ai_usage_daily_rollups AS d ({_COLS}, computed_at)
-SELECT {", ".join(KEY)}, {_SUMS}, now() FROM taken GROUP BY {", ".join(KEY)}
-ON CONFLICT ({", ".join(KEY)}) DO UPDATE SET
-    {", ".join(f"{m} = d.{m} + EXCLUDED.{m}" for m in MEASURES)},
-    computed_at = EXCLUDED.computed_at
-RETURNING d.tenant_id, d.day, d.model, d.operation, d.success, d.api_calls
+SELECT 'd', tenant_id, day, model, operation, success, api_calls FROM daily
+UNION ALL
+SELECT 'u', tenant_id, day, CAST(user_id AS text), NULL, NULL, api_calls FROM users
+WHERE api_calls = 0
 """
 
 DROP_EMPTY = """
@@ -39,6 +64,11 @@ USING unnest(CAST(:t AS uuid[]), CAST(:d AS date[]), CAST(:m AS text[]), CAST(:o
              CAST(:s AS text[])) AS k(tenant_id, day, model, operation, success)
 WHERE d.tenant_id = k.tenant_id AND d.day = k.day AND d.model = k.model
   AND d.operation = k.operation AND d.success = k.success AND d.api_calls = 0
+"""
+DROP_EMPTY_USERS = """
+DELETE FROM ai_usage_user_daily_rollups u
+USING unnest(CAST(:t AS uuid[]), CAST(:d AS date[]), CAST(:u AS uuid[])) AS k(tenant_id, day, user_id)
+WHERE u.tenant_id = k.tenant_id AND u.day = k.day AND u.user_id = k.user_id AND u.api_calls = 0
 """
 
 # The monthly rows of the given (tenant, month) pairs, from the daily rows; a pair with no daily
@@ -86,23 +116,37 @@ WITH k AS (
 SELECT (SELECT COUNT(*) FROM upserted), (SELECT COUNT(*) FROM deleted)
 """
 
-# A month recomputed from the log (`ai-usage rollup --month`): its daily rows replaced. Both
-# statements return the tenants they touch, whose monthly rows are then derived again: a
-# separate SELECT DISTINCT over the log would scan the month a second time, and as a plain
-# SELECT it may run as a parallel plan on every core, starving the writers (an INSERT ... SELECT
-# never gets a parallel plan: it runs on one core, which leaves the others to ingestion).
+# A month recomputed from the log (`ai-usage rollup --month`): its daily and per-user rows
+# replaced. Both statements return the tenants they touch, whose monthly rows are then derived
+# again: a separate SELECT DISTINCT over the log would scan the month a second time, and as a
+# plain SELECT it may run as a parallel plan on every core, starving the writers (an INSERT ...
+# SELECT never gets a parallel plan: it runs on one core, which leaves the others to
+# ingestion). FROM_LOG reads the month once, grouped by bucket and user, and writes both tables
+# from that.
 CLEAR_DAYS = """
+WITH users AS (
+    DELETE FROM ai_usage_user_daily_rollups WHERE day >= :first AND day < :after
+)
 DELETE FROM ai_usage_daily_rollups WHERE day >= :first AND day < :after RETURNING tenant_id
 """
 FROM_LOG = f"""
+WITH g AS (
+    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, model, operation, success,
+           user_id, COUNT(*) AS api_calls, SUM(input_tokens) AS input_tokens,
+           SUM(output_tokens) AS output_tokens, SUM(total_tokens) AS total_tokens,
+           COALESCE(SUM(cache_read_tokens), 0) AS cache_read_tokens,
+           COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens,
+           COUNT(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+           COUNT(*) FILTER (WHERE success = 'failure') AS failed_calls,
+           COALESCE(SUM(cost_usd::numeric), 0) AS cost_usd
+    FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
+    GROUP BY 1, 2, 3, 4, 5, 6
+), users AS (
+    INSERT INTO ai_usage_user_daily_rollups ({_USER_COLS})
+    SELECT tenant_id, day, COALESCE(user_id, {_NO_USER}), {_SUMS} FROM g GROUP BY 1, 2, 3
+)
 INSERT INTO ai_usage_daily_rollups ({_COLS})
-SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model, operation, success,
-       COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens),
-       COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
-       COUNT(*) FILTER (WHERE cost_usd IS NULL), COUNT(*) FILTER (WHERE success = 'failure'),
-       COALESCE(SUM(cost_usd::numeric), 0)
-FROM ai_usage_logs WHERE created_at >= :start AND created_at < :end
-GROUP BY 1, 2, 3, 4, 5
+SELECT {", ".join(KEY)}, {_SUMS} FROM g GROUP BY {", ".join(KEY)}
 RETURNING tenant_id
 """
 

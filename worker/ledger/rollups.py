@@ -1,11 +1,13 @@
-"""Rollups: daily buckets (tenant, UTC day, model, operation, success) folded from the
-log's transactional deltas, and the monthly per-tenant rows derived from them.
+"""Rollups: daily buckets (tenant, UTC day, model, operation, success) and per-user daily
+buckets (tenant, UTC day, user) folded from the log's transactional deltas, and the monthly
+per-tenant rows derived from the daily ones.
 
-Every statement on ai_usage_logs appends what it changed, per bucket and signed, to
-ai_usage_rollup_deltas, in the writer's own transaction (the trigger of revision f6a7b8c9d0e1).
-A run, in one REPEATABLE READ transaction:
-1. deletes the deltas its snapshot sees and adds them into the daily rows;
-2. drops the buckets left with no call;
+Every statement on ai_usage_logs appends what it changed, per bucket and user, signed, to
+ai_usage_rollup_deltas, in the writer's own transaction (the trigger of revision f6a7b8c9d0e1,
+grouped by user since d0e1f2a3b4c5). A run, in one REPEATABLE READ transaction:
+1. deletes the deltas its snapshot sees and adds them, in the same statement, into the daily
+   rows and the per-user rows;
+2. drops the buckets of either table left with no call;
 3. recomputes the monthly rows of the tenant-months it touched from their daily rows.
 A delta is visible exactly when its rows are, and a run consumes what it sees in the same
 transaction it folds it, so a row committed at any moment is counted once: by this run or by the
@@ -13,7 +15,10 @@ next. Writers only append deltas, so nothing a run holds makes them wait, and a 
 that of what changed since the last, not that of the month. Runs are serialised by a session
 advisory lock, taken before the snapshot. The sums are NUMERIC and integers: exact whatever the
 order, so folding equals recomputing (the randomised tests compare every bucket with the log).
-`ai-usage rollup --month` recomputes months from the log outright.
+`ai-usage rollup --month` recomputes months from the log outright, per-user rows included.
+The run sets `ai_usage.folding`: without it the deltas table refuses a DELETE, so rollup code
+that predates the per-user rows (and would fold the deltas into the daily rows only) fails
+instead of losing them.
 """
 
 from __future__ import annotations
@@ -132,11 +137,21 @@ def _run(conn: Connection, recompute: list[dt.date]) -> RollupResult:
     result = RollupResult(ran=True)
     touched: set[tuple[uuid.UUID, dt.date]] = set()
     empty: list[tuple[Any, ...]] = []
-    for tenant, day, model, operation, success, calls in conn.execute(text(sql.FOLD)):
+    empty_users: list[tuple[Any, ...]] = []
+    conn.execute(text("SET LOCAL ai_usage.folding = 'on'"))
+    for table, tenant, day, model, operation, success, calls in conn.execute(text(sql.FOLD)):
+        if table == "u":  # a per-user bucket left with no call; `model` holds its user_id
+            empty_users.append((tenant, day, model))
+            continue
         result.buckets += 1
         touched.add((tenant, month_start(day)))
         if calls == 0:
             empty.append((tenant, day, model, operation, success))
+    if empty_users:
+        cols = list(zip(*empty_users, strict=True))
+        conn.execute(
+            text(sql.DROP_EMPTY_USERS), {"t": list(cols[0]), "d": list(cols[1]), "u": list(cols[2])}
+        )
     if empty:
         cols = list(zip(*empty, strict=True))
         conn.execute(
