@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     schema_mode: Literal["standalone", "host", "copied"] = Field(
         "standalone", validation_alias="AI_USAGE_SCHEMA"
     )
+    #: The layout of ai_usage_logs, read once, by the migration c9d0e1f2a3b4 when it runs:
+    #: `plain` (the spec's table) or `partitioned` (one partition per UTC month; docs/ledger/
+    #: scale.md). Afterwards the code reads the layout from the database, never from here.
+    log_layout: Literal["plain", "partitioned"] = Field(
+        "plain", validation_alias="AI_USAGE_LOG_LAYOUT"
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="AI_USAGE_LOG_LEVEL"

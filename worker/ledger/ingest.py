@@ -67,13 +67,22 @@ _COPY = f"COPY ai_usage_staging ({', '.join(COLUMNS)}) FROM STDIN"
 # 1% to 56%, about a fifth in the median). A stored id makes it fail with a unique violation,
 # and the batch goes the staged way, which skips what is stored.
 _COPY_DIRECT = f"COPY ai_usage_logs ({', '.join(COLUMNS)}) FROM STDIN"
+# No conflict target: PostgreSQL refuses `ON CONFLICT (id)` on a partitioned table (no unique
+# index on id alone spans its partitions), and without a target every unique index arbitrates.
+# In the plain layout that is the primary key alone (tests/test_partitions.py checks), so the
+# statement means what `ON CONFLICT (id)` did; in the partitioned one, both the primary key
+# (id, created_at) and the partition's unique index on (id) (worker.ledger.layout).
 _MOVE = (
     f"INSERT INTO ai_usage_logs ({', '.join(COLUMNS)})"
     f" SELECT {', '.join(COLUMNS)} FROM ai_usage_staging"
-    " ON CONFLICT (id) DO NOTHING"
+    " ON CONFLICT DO NOTHING"
 )
 # Staged rows whose id is stored with another fingerprint, and the fields that differ. Rows
 # stored before fingerprints existed (NULL) cannot be compared, and are taken as duplicates.
+# The stored row compared is the one of the staged row's own month if there is one: in the
+# partitioned layout an id may be stored in two months (docs/ledger/scale.md), and the row a
+# staged one conflicted with, or was just stored as, is in its own month's partition. In the
+# plain layout an id is stored once, so that is the only row there is.
 _COMPARED = (
     "tenant_id",
     "user_id",
@@ -95,7 +104,9 @@ _COMPARED = (
 _CONFLICTS = (
     "SELECT s.id, array_remove(ARRAY["
     + ", ".join(f"CASE WHEN s.{c} IS DISTINCT FROM l.{c} THEN '{c}' END" for c in _COMPARED)
-    + "], NULL) FROM ai_usage_staging s JOIN ai_usage_logs l ON l.id = s.id"
+    + "], NULL) FROM ai_usage_staging s CROSS JOIN LATERAL (SELECT * FROM ai_usage_logs l"
+    " WHERE l.id = s.id ORDER BY date_trunc('month', l.created_at AT TIME ZONE 'UTC')"
+    " = date_trunc('month', s.created_at AT TIME ZONE 'UTC') DESC LIMIT 1) l"
     " WHERE l.fingerprint <> s.fingerprint"
 )
 # Staged rows that reference a parent row that does not exist, with the first such column.
@@ -128,6 +139,8 @@ _PROLOGUE = "SAVEPOINT batch; SELECT ARRAY(SELECT month FROM ai_usage_closed_mon
 _ROLLBACK = f"ROLLBACK TO SAVEPOINT batch; {_STAGING_DDL}"
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _ROW_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError)
+#: SQLSTATE 23514, which is also what "no partition of relation ... found for row" raises.
+_CHECK_VIOLATION = "23514"
 
 
 def store_batch(
@@ -304,7 +317,7 @@ def _isolate(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
         cur.execute("ROLLBACK TO SAVEPOINT part")
         if len(rows) == 1:
             row = rows[0]
-            error, column = _describe_db_error(exc)
+            error, column = _describe_db_error(exc, row)
             result.dead_letters.append(DeadLetter(row.payload, error, column, row.event.id))
             return
         mid = len(rows) // 2
@@ -314,8 +327,22 @@ def _isolate(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
     cur.execute("RELEASE SAVEPOINT part")
 
 
-def _describe_db_error(exc: psycopg2.Error) -> tuple[str, str | None]:
+def _describe_db_error(exc: psycopg2.Error, row: Row) -> tuple[str, str | None]:
+    """The dead letter's reason and field for a row the database refused."""
     diag = exc.diag
+    if exc.pgcode == _CHECK_VIOLATION and (diag.message_primary or "").startswith(
+        "no partition of relation"
+    ):
+        # The partitioned layout, a month without a partition (none is made ahead that far,
+        # or one far in the past): kept here until the partition exists.
+        at = row.event.created_at
+        month = f"{month_start(at):%Y-%m}"
+        return (
+            f"created_at: {at.isoformat()} falls in {month}, a month ai_usage_logs has no"
+            f" partition for; run `ai-usage partitions create {month}`, then replay the dead"
+            " letters (`ai-usage dead-letters replay --all`)",
+            "created_at",
+        )
     column = _FK_FIELDS.get(diag.constraint_name or "") or diag.column_name
     message = (diag.message_primary or str(exc)).strip()
     if diag.message_detail:
