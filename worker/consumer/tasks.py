@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: The webhook delivery task (worker.ledger.alerts.deliver_due).
 DELIVER_ALERTS = "ai_usage.deliver_alerts"
+#: The partitioned layout's months ahead (worker.ledger.partitions.ensure_partitions).
+PARTITIONS = "ai_usage.partitions"
 
 
 def _write(payloads: list[Any]) -> WriteResult:
@@ -109,6 +111,15 @@ def prune(older_than_months: int) -> dict[str, Any]:
     from worker.ledger.retention import prune as prune_rows
 
     return prune_rows(get_engine(), older_than_months).as_dict()
+
+
+@app.task(name=PARTITIONS, acks_late=True)
+def partitions() -> dict[str, Any]:
+    """The partitioned layout's partitions from the previous month to 3 ahead (Beat, daily and
+    at its start): see `ai-usage partitions ensure`. Nothing in the plain layout."""
+    from worker.ledger.partitions import ensure_partitions
+
+    return {"made": [f"{m:%Y-%m}" for m in ensure_partitions(get_engine())]}
 
 
 def _summary(result: WriteResult) -> dict[str, int]:
