@@ -27,6 +27,7 @@ from worker.ledger.months import add_months, month_start
 
 __all__ = [
     "AHEAD",
+    "RETENTION_MARK",
     "Partition",
     "PartitionError",
     "create_partition",
@@ -47,12 +48,15 @@ SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = to_regclass('{PARENT}') ORDER BY c.relname
 """
-# Tables a run interrupted between its DETACH and its DROP left behind: named as our
-# partitions, no longer anyone's partition.
+#: The comment retention puts on a partition before it detaches it: a table that bears it and
+#: is no longer a partition was left by a run interrupted between its DETACH and its DROP.
+#: A partition the operator detached by hand (to archive it, say) never bears it.
+RETENTION_MARK = "ai-usage retention: detached to be dropped"
 _LEFT_DETACHED = f"""
 SELECT c.relname FROM pg_class c
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
   AND c.relname ~ '^{PARENT}_[0-9]{{4}}_[0-9]{{2}}$' AND NOT c.relispartition
+  AND obj_description(c.oid, 'pg_class') = '{RETENTION_MARK}'
 """
 _CLOSED = "SELECT month FROM ai_usage_closed_months"
 _COUNT = """
@@ -176,23 +180,19 @@ def drop_partitions_before(engine: Engine, cutoff: dt.date) -> Counter[dt.date]:
         # autocommits, and holds the maintenance lock for the session instead.
         conn.execute(text(_SESSION_LOCK))
         try:
-            going: dict[str, dt.date] = {}
             for part in _partitions(conn):
                 if part.month is None or part.month >= cutoff:
                     continue
+                # Pending: an interrupted run's (or the operator's) detach of an old month,
+                # finished and dropped as retention's own.
                 how = "FINALIZE" if part.detach_pending else "CONCURRENTLY"
+                conn.execute(text(f"COMMENT ON TABLE {part.name} IS '{RETENTION_MARK}'"))
                 conn.execute(text(f"ALTER TABLE {PARENT} DETACH PARTITION {part.name} {how}"))
-                going[part.name] = part.month
-            # A run interrupted between its DETACH and its DROP left a closed month's table:
-            # finished here. A table of that name the operator detached by hand, for a month
-            # still open, is theirs to keep.
-            closed = set(conn.execute(text(_CLOSED)).scalars())
+            # This run's detached tables, and any an interrupted run left.
             for name in conn.execute(text(_LEFT_DETACHED)).scalars():
                 month = partition_month(str(name))
-                if month is not None and month < cutoff and month in closed:
-                    going.setdefault(str(name), month)
-            for name, month in sorted(going.items()):
-                pruned[month] += _count_and_drop(engine, name, month)
+                if month is not None and month < cutoff:
+                    pruned[month] += _count_and_drop(engine, str(name), month)
         finally:
             conn.execute(text(_SESSION_UNLOCK))
     return pruned
