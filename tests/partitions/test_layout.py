@@ -237,21 +237,22 @@ def test_a_month_without_a_partition_is_a_dead_letter_until_made_and_replayed(
     pdb: Engine, ptenant: uuid.UUID, on_partitioned: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     far = add_months(THIS_MONTH, -9)  # pdb holds the previous month on
-    lost = ev(ptenant, at(far, 28, 23))
-    batch = [ev(ptenant, this_month(1)), lost, ev(ptenant, this_month(2))]
+    lost = [ev(ptenant, at(far, d, 23)) for d in (1, 15, 28)]
+    batch = [ev(ptenant, this_month(1)), *lost, ev(ptenant, this_month(2))]
     result = write_batch(pdb, batch, Pricer())
-    assert (result.inserted, result.dead_lettered) == (2, 1)
-    (letter,) = list_dead_letters(pdb)
-    assert letter.field == "created_at" and letter.event_id == lost["id"]
-    assert f"falls in {far:%Y-%m}" in letter.error
-    assert f"run `ai-usage partitions create {far:%Y-%m}`" in letter.error
-    assert replay(pdb, Pricer()).still_failing == 1  # still no partition: kept
+    assert (result.inserted, result.dead_lettered) == (2, 3)
+    letters = list_dead_letters(pdb)
+    assert {x.event_id for x in letters} == {e["id"] for e in lost}
+    for letter in letters:
+        assert letter.field == "created_at" and f"falls in {far:%Y-%m}" in letter.error
+        assert f"run `ai-usage partitions create {far:%Y-%m}`" in letter.error
+    assert replay(pdb, Pricer()).still_failing == 3  # still no partition: kept
 
     assert cli(["partitions", "create", f"{far:%Y-%m}"]) == 0
     assert f"made {partition_name(far)}" in capsys.readouterr().out
     assert cli(["dead-letters", "replay", "--all"]) == 0
-    assert "1 landed" in capsys.readouterr().out
-    assert scalar(pdb, "SELECT count(*) FROM ai_usage_logs") == 3
+    assert "3 landed" in capsys.readouterr().out
+    assert scalar(pdb, "SELECT count(*) FROM ai_usage_logs") == 5
     assert list_dead_letters(pdb) == []
 
 

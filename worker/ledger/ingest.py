@@ -11,12 +11,10 @@ TransientError and nothing is written; the caller retries the whole batch.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,8 +25,14 @@ from sqlalchemy import Engine
 from worker import metrics
 from worker.client.errors import TransientError
 from worker.ledger.deadstore import store_dead_letters
-from worker.ledger.months import month_start
 from worker.ledger.pricing import Pricer
+from worker.ledger.refusals import (
+    by_month,
+    describe_db_error,
+    log_dead_letters,
+    no_partition,
+    refuse_closed,
+)
 from worker.ledger.rows import (
     COLUMNS,
     DeadLetter,
@@ -126,21 +130,12 @@ _PARENTS = {
     "assessment_id": "assessments",
     "lead_id": "leads",
 }
-# Which column a foreign-key violation is about, by constraint name.
-_FK_FIELDS = {
-    "fk_ai_usage_logs_tenant_id_tenants": "tenant_id",
-    "fk_ai_usage_logs_user_id_users": "user_id",
-    "fk_ai_usage_logs_assessment_id_assessments": "assessment_id",
-    "fk_ai_usage_logs_lead_id_leads": "lead_id",
-}
 _PROLOGUE = "SAVEPOINT batch; SELECT ARRAY(SELECT month FROM ai_usage_closed_months)"
 # Every way other than the direct COPY starts here; the staging table is made when first
 # needed in a session (one made after the savepoint goes with it: made again to retry).
 _ROLLBACK = f"ROLLBACK TO SAVEPOINT batch; {_STAGING_DDL}"
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _ROW_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError)
-#: SQLSTATE 23514, which is also what "no partition of relation ... found for row" raises.
-_CHECK_VIOLATION = "23514"
 
 
 def store_batch(
@@ -180,7 +175,7 @@ def store_batch(
     result.conflicts = sum(1 for d in result.dead_letters if d.fingerprint is not None)
     result.seconds = time.perf_counter() - batch.started
     metrics.record_write(**result.counts(), seconds=result.seconds)
-    _log_dead_letters(result.dead_letters)
+    log_dead_letters(result.dead_letters)
     return result
 
 
@@ -238,7 +233,7 @@ def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
     # No RELEASE on success: the commit ends the savepoint.
     cur.execute(_PROLOGUE)
     (closed,) = cur.fetchone()
-    rows = _refuse_closed(closed, rows, result)
+    rows = refuse_closed(closed, rows, result)
     if not rows:
         return
     try:
@@ -266,33 +261,16 @@ def _insert(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
                 )
         _isolate(cur, [r for r in rows if r.event.id not in orphans], result)
         return
-    except _ROW_ERRORS:
+    except _ROW_ERRORS as exc:
         cur.execute(_ROLLBACK)
+        if no_partition(exc):
+            # The partitioned layout, a month without a partition: each month's rows are tried
+            # apart, so that a whole month refused is dead-lettered in one attempt (_isolate),
+            # not bisected row by row.
+            for group in by_month(rows):
+                _isolate(cur, group, result)
+            return
         _isolate(cur, rows, result)
-
-
-def _refuse_closed(
-    closed_months: Sequence[dt.date], rows: Sequence[Row], result: WriteResult
-) -> Sequence[Row]:
-    """Rows of months retention closed are dead-lettered: their raw rows were pruned and their
-    rollups are final, so a late event for one would be counted nowhere."""
-    closed = set(closed_months)
-    if not closed:
-        return rows
-    kept: list[Row] = []
-    for row in rows:
-        at = row.event.created_at
-        month = month_start(at)
-        if month not in closed:
-            kept.append(row)
-            continue
-        reason = (
-            f"created_at: {at.isoformat()} falls in {month:%Y-%m}, a month closed by retention"
-            " (its raw rows were pruned and its rollups are final); late events for a closed"
-            " month are refused"
-        )
-        result.dead_letters.append(DeadLetter(row.payload, reason, "created_at", row.event.id))
-    return kept
 
 
 def _orphans(cur: Any, rows: Sequence[Row]) -> dict[uuid.UUID, str]:
@@ -315,58 +293,16 @@ def _isolate(cur: Any, rows: Sequence[Row], result: WriteResult) -> None:
         # Only errors about the rows themselves are isolated. Anything else (a missing table,
         # no permission, the server going away) fails the whole batch, which is kept and retried.
         cur.execute("ROLLBACK TO SAVEPOINT part")
-        if len(rows) == 1:
-            row = rows[0]
-            error, column = _describe_db_error(exc, row)
-            result.dead_letters.append(DeadLetter(row.payload, error, column, row.event.id))
+        if len(rows) == 1 or (no_partition(exc) and len(by_month(rows)) == 1):
+            # One row; or rows of one month, which has no partition: none of them can land
+            # (partitions are monthly; should one made by hand cover part of a month, its rows
+            # land when the dead letters are replayed, one by one).
+            for row in rows:
+                error, column = describe_db_error(exc, row)
+                result.dead_letters.append(DeadLetter(row.payload, error, column, row.event.id))
             return
         mid = len(rows) // 2
         _isolate(cur, rows[:mid], result)
         _isolate(cur, rows[mid:], result)
         return
     cur.execute("RELEASE SAVEPOINT part")
-
-
-def _describe_db_error(exc: psycopg2.Error, row: Row) -> tuple[str, str | None]:
-    """The dead letter's reason and field for a row the database refused."""
-    diag = exc.diag
-    if exc.pgcode == _CHECK_VIOLATION and (diag.message_primary or "").startswith(
-        "no partition of relation"
-    ):
-        # The partitioned layout, a month without a partition (none is made ahead that far,
-        # or one far in the past): kept here until the partition exists.
-        at = row.event.created_at
-        month = f"{month_start(at):%Y-%m}"
-        return (
-            f"created_at: {at.isoformat()} falls in {month}, a month ai_usage_logs has no"
-            f" partition for; run `ai-usage partitions create {month}`, then replay the dead"
-            " letters (`ai-usage dead-letters replay --all`)",
-            "created_at",
-        )
-    column = _FK_FIELDS.get(diag.constraint_name or "") or diag.column_name
-    message = (diag.message_primary or str(exc)).strip()
-    if diag.message_detail:
-        message = f"{message} ({diag.message_detail.strip()})"
-    if column:
-        message = f"{column}: {message}"
-    return message, column
-
-
-def _log_dead_letters(letters: Sequence[DeadLetter]) -> None:
-    """One warning per batch with the count of each reason's field, and the first reason: a
-    thousand events of one deleted tenant are one line, not a thousand."""
-    if not letters:
-        return
-    fields = Counter(d.field or "event" for d in letters)
-    common = fields.most_common(8)
-    summary = ", ".join(f"{ascii(name)[1:-1][:40]}: {n}" for name, n in common)
-    if len(fields) > len(common):
-        summary += f", {len(fields) - len(common)} other fields"
-    first = letters[0]
-    log.warning(
-        "%d events dead-lettered (%s); first: event %s: %s",
-        len(letters),
-        summary,
-        first.event_id or "(no id)",
-        first.error[:300],
-    )
