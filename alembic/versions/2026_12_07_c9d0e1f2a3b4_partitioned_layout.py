@@ -69,7 +69,8 @@ def upgrade() -> None:
     months.update(
         conn.execute(
             text(
-                f"SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date FROM {OLD}"
+                "SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date"
+                f" FROM {OLD}"
             )
         ).scalars()
     )
@@ -115,8 +116,9 @@ def _set_aside(conn: Connection) -> tuple[list[str], list[tuple[str, str]]]:
         str(d)
         for d in conn.execute(
             text(
-                "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'ai_usage_logs'::regclass"
-                " AND NOT tgisinternal AND tgparentid = 0 ORDER BY tgname"
+                "SELECT pg_get_triggerdef(oid) FROM pg_trigger"
+                " WHERE tgrelid = 'ai_usage_logs'::regclass AND NOT tgisinternal"
+                " AND tgparentid = 0 ORDER BY tgname"
             )
         ).scalars()
     ]
