@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +31,10 @@ from worker.ledger.deadletters import list_dead_letters, replay
 from worker.ledger.ingest import write_batch
 from worker.ledger.layout import log_layout, partition_name
 from worker.ledger.months import add_months
+from worker.ledger.overrides import load_overrides
 from worker.ledger.partitions import PartitionError, create_partition, ensure_partitions
 from worker.ledger.pricing import Pricer
+from worker.ledger.reprice import reprice as reprice_rows
 from worker.ledger.rollups import run_rollup
 from worker.settings import load_settings, normalise_database_url
 
@@ -285,3 +288,39 @@ def test_beat_keeps_the_months_ahead(pdb: Engine, on_partitioned: None) -> None:
         conn.execute(text(f"DROP TABLE {partition_name(add_months(THIS_MONTH, 2))}"))
     made = partitions.apply().get()
     assert made == {"made": [f"{add_months(THIS_MONTH, 2):%Y-%m}"]}
+
+
+def test_reprice_prices_each_month_s_row_of_an_id_at_its_own_usage(
+    pdb: Engine, ptenant: uuid.UUID, tmp_path: Path
+) -> None:
+    x = ev(
+        ptenant,
+        at(add_months(THIS_MONTH, -1)),
+        model="in-house-llm-v1",
+        input_tokens=10**6,
+        output_tokens=0,
+    )
+    later = {**x, "created_at": this_month(1).isoformat(), "input_tokens": 2 * 10**6}
+    write_batch(pdb, [x], Pricer())
+    write_batch(pdb, [later], Pricer())
+    prices = tmp_path / "prices.json"
+    prices.write_text(
+        json.dumps(
+            [
+                {
+                    "model": "in-house-llm-v1",
+                    "effective_from": "2020-01-01",
+                    "input_per_mtok": 2,
+                    "output_per_mtok": 4,
+                }
+            ]
+        )
+    )
+    result = reprice_rows(pdb, Pricer(load_overrides(str(prices))))
+    assert result.priced == 2
+    with pdb.connect() as conn:
+        costs = conn.execute(
+            text("SELECT cost_usd FROM ai_usage_logs WHERE id = :i ORDER BY created_at"),
+            {"i": x["id"]},
+        ).scalars()
+        assert list(costs) == [2.0, 4.0]
