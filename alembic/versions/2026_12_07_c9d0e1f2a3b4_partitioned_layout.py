@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from alembic.util import CommandError
 from sqlalchemy import Connection, text
 
-from alembic import op
+from alembic import context, op
 from worker.ledger.layout import log_layout, partition_statements
 from worker.ledger.months import add_months, month_start
 from worker.settings import get_settings
@@ -52,8 +53,16 @@ AHEAD = 3
 
 
 def upgrade() -> None:
+    if get_settings().log_layout != "partitioned":
+        return
+    if context.is_offline_mode():
+        # The months to make are those of the rows: only a live database can say.
+        raise CommandError(
+            "AI_USAGE_LOG_LAYOUT=partitioned: revision c9d0e1f2a3b4 reads the table's months"
+            " and cannot be rendered as SQL (--sql); run it against the database"
+        )
     conn = op.get_bind()
-    if get_settings().log_layout != "partitioned" or log_layout(conn) == "partitioned":
+    if log_layout(conn) == "partitioned":
         return
     triggers, fks = _set_aside(conn)
     op.execute(
@@ -81,6 +90,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if context.is_offline_mode():
+        return  # SQL rendered without a database (--sql) is for the plain layout
     conn = op.get_bind()
     if log_layout(conn) != "partitioned":
         return
@@ -92,8 +103,6 @@ def downgrade() -> None:
         .all()
     )
     if twice:
-        from alembic.util import CommandError
-
         shown = ", ".join(str(i) for i in twice[:5]) + (", ..." if len(twice) > 5 else "")
         raise CommandError(
             "ai_usage_logs: ids stored in more than one month (" + shown + ") cannot go back"
