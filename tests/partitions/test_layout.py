@@ -280,10 +280,11 @@ def test_cli_lists_ensures_and_refuses_a_closed_month(
 
 def test_beat_keeps_the_months_ahead(pdb: Engine, on_partitioned: None) -> None:
     from worker.celery_app import app
-    from worker.consumer.tasks import PARTITIONS, partitions
+    from worker.consumer.tasks import partitions
+    from worker.settings import PARTITIONS_TASK
 
     entry = app.conf.beat_schedule["ai-usage-partitions"]
-    assert entry["task"] == PARTITIONS and PARTITIONS in app.tasks
+    assert entry["task"] == PARTITIONS_TASK and PARTITIONS_TASK in app.tasks
     with pdb.begin() as conn:
         conn.execute(text(f"DROP TABLE {partition_name(add_months(THIS_MONTH, 2))}"))
     made = partitions.apply().get()

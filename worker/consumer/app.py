@@ -45,12 +45,12 @@ def _prune_metrics_dir() -> None:
 def _beat_started(sender: Any = None, **_: Any) -> None:
     # The partitions ahead once at Beat's start too, not only at its daily time: a deployment
     # whose Beat restarts before that time every day would otherwise never make them.
-    from worker.consumer.tasks import PARTITIONS
+    from worker.settings import PARTITIONS_TASK
 
     try:
-        app.send_task(PARTITIONS)
+        app.send_task(PARTITIONS_TASK)
     except Exception:  # the broker down at start: the daily run makes them
-        logging.getLogger(__name__).warning("could not send %s at beat start", PARTITIONS)
+        logging.getLogger(__name__).warning("could not send %s at beat start", PARTITIONS_TASK)
 
 
 @signals.worker_process_init.connect

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from celery.schedules import crontab
 from kombu import Queue
 
-from worker.settings import PERIODIC_QUEUE, QUEUE, get_settings
+from worker.settings import PARTITIONS_TASK, PERIODIC_QUEUE, QUEUE, get_settings
 
 _s = get_settings()
 
@@ -77,7 +77,7 @@ beat_schedule = {
 # that a Beat restarted more often than daily still runs it (an interval would start over at
 # each start); Beat also sends it once when it starts (worker.consumer.app).
 beat_schedule["ai-usage-partitions"] = {
-    "task": "ai_usage.partitions",
+    "task": PARTITIONS_TASK,
     "schedule": crontab(minute=15, hour=0),
     "options": {"expires": 86400.0, "queue": PERIODIC_QUEUE},
 }

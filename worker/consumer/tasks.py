@@ -15,15 +15,13 @@ from worker.ledger.alerts import Webhook
 from worker.ledger.db import get_engine
 from worker.ledger.ingest import WriteResult, write_batch
 from worker.ledger.pricing import default_pricer
-from worker.settings import get_settings
+from worker.settings import PARTITIONS_TASK, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 #: The webhook delivery task (worker.ledger.alerts.deliver_due).
 DELIVER_ALERTS = "ai_usage.deliver_alerts"
-#: The partitioned layout's months ahead (worker.ledger.partitions.ensure_partitions).
-PARTITIONS = "ai_usage.partitions"
 
 
 def _write(payloads: list[Any]) -> WriteResult:
@@ -113,7 +111,7 @@ def prune(older_than_months: int) -> dict[str, Any]:
     return prune_rows(get_engine(), older_than_months).as_dict()
 
 
-@app.task(name=PARTITIONS, acks_late=True)
+@app.task(name=PARTITIONS_TASK, acks_late=True)
 def partitions() -> dict[str, Any]:
     """The partitioned layout's partitions from the previous month to 3 ahead (Beat, daily and
     at its start): see `ai-usage partitions ensure`. Nothing in the plain layout."""
