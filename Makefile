@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest browser docs test-integrations
+.PHONY: install run test test-fast faults lint bench clean kombu-suite test-oldest browser docs test-integrations test-partitioned
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ test-fast: install
 
 faults: install
 	$(BIN)/pytest -m faults $(ARGS)
+
+# The exactly-once, rollup and retention tests again, on databases migrated with the partitioned
+# layout of ai_usage_logs (docs/ledger/scale.md, "Monthly partitions"): the fixtures migrate
+# every database with AI_USAGE_LOG_LAYOUT=partitioned and make the months the tests write into.
+PARTITIONED_TESTS := tests/test_ingest.py tests/test_usage_ledger.py tests/test_event_ids.py \
+	tests/test_rollups.py tests/test_rollup_deltas.py tests/test_cli_prune.py tests/test_e2e.py \
+	tests/test_migrations.py tests/test_schema_modes.py tests/partitions \
+	tests/faults/test_rollups_concurrent.py tests/faults/test_dead_letter_replay.py \
+	tests/faults/test_kill_worker.py tests/faults/test_poison.py
+test-partitioned: install
+	AI_USAGE_LOG_LAYOUT=partitioned $(BIN)/pytest $(PARTITIONED_TESTS) $(ARGS)
 
 # kombu's own Redis transport tests (from its sdist) against the worker's transport.
 kombu-suite: install

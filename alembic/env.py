@@ -18,6 +18,7 @@ from worker.ledger.db import (
     schema_mode,
     version_table,
 )
+from worker.ledger.layout import partition_month
 from worker.ledger.models import Base
 from worker.settings import get_settings
 
@@ -29,6 +30,12 @@ target_metadata = Base.metadata
 MODE: SchemaMode = config.attributes.get("schema_mode") or schema_mode()
 VERSION_TABLE = version_table(MODE)  # refuses mode `copied` with one line
 HOOK = refuse_stand_in_steps if MODE == "host" else None
+
+
+def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Autogenerate (`alembic check`) skips the months' partitions of ai_usage_logs (the
+    partitioned layout): they are made at run time, not by the models."""
+    return not (type_ == "table" and name is not None and partition_month(name) is not None)
 
 
 def _url() -> str:
@@ -52,6 +59,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
         on_version_apply=HOOK,
+        include_name=_include_name,
     )
     # One transaction (PostgreSQL's DDL is transactional): a refusal leaves nothing behind.
     with context.begin_transaction():

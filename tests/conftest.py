@@ -34,6 +34,9 @@ from worker.settings import WORKER_ARGS
 ROOT = Path(__file__).resolve().parent.parent
 #: The newest revision of the chain (a new revision moves it: the schema tests then follow).
 HEAD = "d0e1f2a3b4c5"
+#: `make test-partitioned`: every database the fixtures migrate gets the partitioned layout
+#: of ai_usage_logs (the migration reads AI_USAGE_LOG_LAYOUT), with the months tests use.
+PARTITIONED = os.environ.get("AI_USAGE_LOG_LAYOUT") == "partitioned"
 VENV_BIN = Path(sys.executable).parent
 CELERY = str(VENV_BIN / "celery")
 AI_USAGE = str(VENV_BIN / "ai-usage")
@@ -111,11 +114,36 @@ def new_database(pg_server: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+#: The months whose partitions the fixtures keep in the partitioned layout, from the current
+#: one: tests write events years back (fixed dates of 2025, prunes of 13 months and more); none
+#: ahead but the next (an event may not be more than 5 minutes in the future). Each partition
+#: costs every test's TRUNCATE a little.
+TEST_MONTHS = range(-30, 2)
+
+
+def cover_test_months(engine: Engine) -> None:
+    """In the partitioned layout, make whatever partitions of TEST_MONTHS are missing (a
+    prune test drops old ones); nothing in the plain layout."""
+    if not PARTITIONED:
+        return
+    import datetime as dt
+
+    from worker.ledger.months import add_months, month_start
+    from worker.ledger.partitions import ensure_months
+
+    current = month_start(dt.datetime.now(dt.UTC))
+    ensure_months(engine, [add_months(current, n) for n in TEST_MONTHS])
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_server: str) -> Iterator[str]:
     """A database of its own for this run, migrated to head, dropped at the end."""
     with new_database(pg_server, "aiu_test") as url:
         command.upgrade(alembic_config(url), "head")
+        if PARTITIONED:
+            engine = create_engine(settings_mod.normalise_database_url(url))
+            cover_test_months(engine)
+            engine.dispose()
         yield url
 
 
@@ -201,6 +229,7 @@ def db(engine: Engine, redis_url: str) -> Iterator[Engine]:
     """The test database, emptied before the test (and the Redis db with it)."""
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    cover_test_months(engine)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()

@@ -16,10 +16,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.client.envelope import QUEUE
 from worker.client.errors import ConfigError
 
-__all__ = ["PERIODIC_QUEUE", "QUEUE", "Settings", "get_settings", "load_settings"]
+__all__ = [
+    "PARTITIONS_TASK",
+    "PERIODIC_QUEUE",
+    "QUEUE",
+    "Settings",
+    "get_settings",
+    "load_settings",
+]
 #: The queue Celery's own task consumer reads: periodic tasks (rollups) sent by Beat. The
 #: ingest queue QUEUE is consumed by the worker's ingest step, whatever -Q says.
 PERIODIC_QUEUE = "ai_usage.periodic"
+#: Beat's task that makes the partitioned layout's months ahead (worker.consumer.tasks); Beat
+#: also sends it when it starts (worker.consumer.app).
+PARTITIONS_TASK = "ai_usage.partitions"
 #: `celery -A worker.celery_app` + these runs the worker, as the Procfile does (a test checks).
 WORKER_ARGS = (
     "worker",
@@ -134,6 +144,12 @@ class Settings(BaseSettings):
     #: schema.md; the values are worker.ledger.db.SchemaMode.
     schema_mode: Literal["standalone", "host", "copied"] = Field(
         "standalone", validation_alias="AI_USAGE_SCHEMA"
+    )
+    #: The layout of ai_usage_logs, read once, by the migration c9d0e1f2a3b4 when it runs:
+    #: `plain` (the spec's table) or `partitioned` (one partition per UTC month; docs/ledger/
+    #: scale.md). Afterwards the code reads the layout from the database, never from here.
+    log_layout: Literal["plain", "partitioned"] = Field(
+        "plain", validation_alias="AI_USAGE_LOG_LAYOUT"
     )
     log_format: Literal["text", "json"] = Field("text", validation_alias="AI_USAGE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -29,6 +29,7 @@ from tests.conftest import (
     WorkerProcess,
     alembic_config,
     count_rows,
+    cover_test_months,
     landed,
     make_tenant,
     with_database,
@@ -261,6 +262,7 @@ def build_stack(root: Path) -> Stack:
     url = with_database(pg.url, "aiu_faults")
     command.upgrade(alembic_config(url), "head")
     engine = create_engine(normalise_database_url(url), pool_pre_ping=True)
+    cover_test_months(engine)  # the partitioned layout (make test-partitioned): past months
     return Stack(root, pg, redis, url, engine)
 
 

@@ -1,5 +1,5 @@
-"""The `ai-usage` command: report, rollup, reprice, prune, budget, check, dead-letters, migrate,
-run, reconcile.
+"""The `ai-usage` command: report, rollup, reprice, prune, partitions, budget, check,
+dead-letters, migrate, run, reconcile.
 
 Every command prints one clear line and exits non-zero when it cannot do its work; a traceback
 only with `--debug`. Exit codes (docs/running/health.md): 0 ok, 1 a check or part of the work
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import budget, deadletters, ops, reconcile, report, undecodable
+from worker.cli import budget, deadletters, ops, partitions, reconcile, report, undecodable
 from worker.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
@@ -30,7 +30,7 @@ def build_parser() -> Parser:
     p = Parser(prog="ai-usage", description="AI usage metering pipeline.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (report, budget, deadletters, ops, undecodable, reconcile):
+    for module in (report, partitions, budget, deadletters, ops, undecodable, reconcile):
         module.register(sub)
     return p
 

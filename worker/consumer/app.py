@@ -6,6 +6,7 @@ the settings when Celery first needs it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -38,6 +39,18 @@ def _prune_metrics_dir() -> None:
     from worker.metrics import prune_dead_process_files
 
     prune_dead_process_files()
+
+
+@signals.beat_init.connect
+def _beat_started(sender: Any = None, **_: Any) -> None:
+    # The partitions ahead once at Beat's start too, not only at its daily time: a deployment
+    # whose Beat restarts before that time every day would otherwise never make them.
+    from worker.settings import PARTITIONS_TASK
+
+    try:
+        app.send_task(PARTITIONS_TASK)
+    except Exception:  # the broker down at start: the daily run makes them
+        logging.getLogger(__name__).warning("could not send %s at beat start", PARTITIONS_TASK)
 
 
 @signals.worker_process_init.connect

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from celery.schedules import crontab
 from kombu import Queue
 
-from worker.settings import PERIODIC_QUEUE, QUEUE, get_settings
+from worker.settings import PARTITIONS_TASK, PERIODIC_QUEUE, QUEUE, get_settings
 
 _s = get_settings()
 
@@ -72,6 +73,14 @@ beat_schedule = {
         "options": {"expires": _s.rollup_interval_s, "queue": PERIODIC_QUEUE},
     }
 }
+# The partitioned layout's months ahead (a no-op in the plain layout): daily by the clock, so
+# that a Beat restarted more often than daily still runs it (an interval would start over at
+# each start); Beat also sends it once when it starts (worker.consumer.app).
+beat_schedule["ai-usage-partitions"] = {
+    "task": PARTITIONS_TASK,
+    "schedule": crontab(minute=15, hour=0),
+    "options": {"expires": 86400.0, "queue": PERIODIC_QUEUE},
+}
 if _s.retention_months:
     beat_schedule["ai-usage-prune"] = {
         "task": "ai_usage.prune",
@@ -81,8 +90,6 @@ if _s.retention_months:
     }
 
 if _s.reconcile_providers.strip():
-    from celery.schedules import crontab
-
     # Daily, after the providers' overnight batches (lag: docs/reading/reconciliation.md).
     beat_schedule["ai-usage-reconcile"] = {
         "task": "ai_usage.reconcile",

@@ -15,7 +15,7 @@ from worker.ledger.alerts import Webhook
 from worker.ledger.db import get_engine
 from worker.ledger.ingest import WriteResult, write_batch
 from worker.ledger.pricing import default_pricer
-from worker.settings import get_settings
+from worker.settings import PARTITIONS_TASK, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -109,6 +109,15 @@ def prune(older_than_months: int) -> dict[str, Any]:
     from worker.ledger.retention import prune as prune_rows
 
     return prune_rows(get_engine(), older_than_months).as_dict()
+
+
+@app.task(name=PARTITIONS_TASK, acks_late=True)
+def partitions() -> dict[str, Any]:
+    """The partitioned layout's partitions from the previous month to 3 ahead (Beat, daily and
+    at its start): see `ai-usage partitions ensure`. Nothing in the plain layout."""
+    from worker.ledger.partitions import ensure_partitions
+
+    return {"made": [f"{m:%Y-%m}" for m in ensure_partitions(get_engine())]}
 
 
 def _summary(result: WriteResult) -> dict[str, int]:

@@ -22,7 +22,12 @@ _SELECT = (
     " cache_write_tokens, usage_details, success, created_at FROM ai_usage_logs"
     " WHERE cost_usd IS NULL AND id > :after {month} ORDER BY id LIMIT :chunk"
 )
-_UPDATE = "UPDATE ai_usage_logs SET cost_usd = :cost WHERE id = :id AND cost_usd IS NULL"
+# By created_at too: in the partitioned layout an id may be stored in two months (docs/ledger/
+# scale.md), each row priced at its own time; and the month's partition alone is searched.
+_UPDATE = (
+    "UPDATE ai_usage_logs SET cost_usd = :cost"
+    " WHERE id = :id AND created_at = :at AND cost_usd IS NULL"
+)
 
 
 @dataclass
@@ -66,7 +71,7 @@ def reprice(
                 if cost is None:
                     still += 1
                     continue
-                updates.append({"id": row_id, "cost": float(cost)})
+                updates.append({"id": row_id, "at": created_at, "cost": float(cost)})
                 months.add(month_start(created_at))
             if updates:
                 priced += conn.execute(text(_UPDATE), updates).rowcount

@@ -5,7 +5,11 @@ current month and the 13 before it). Before any row goes, pending deltas are fol
 months are recorded in ai_usage_closed_months: from then on their rollups are final (a
 recompute refuses them) and the worker dead-letters late events for them. Rows are then deleted
 in small batches, each its own short transaction (index on created_at, no table lock), with
-`ai_usage.pruning` set so that the deletes leave no delta: ingestion goes on meanwhile."""
+`ai_usage.pruning` set so that the deletes leave no delta: ingestion goes on meanwhile.
+
+In the partitioned layout (worker.ledger.layout) a closed month's rows go with its partition:
+`DETACH PARTITION ... CONCURRENTLY`, then `DROP TABLE` (worker.ledger.partitions). No row is
+deleted one by one, nothing is left to vacuum, and a DROP fires no trigger (no delta)."""
 
 from __future__ import annotations
 
@@ -16,12 +20,18 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from worker.ledger.layout import log_layout
 from worker.ledger.months import add_months, month_bounds, month_start
 
 _CANDIDATES = """
 SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date
 FROM ai_usage_logs WHERE created_at < :cutoff
 UNION
+SELECT month FROM ai_usage_monthly_rollups WHERE month < :cutoff_month
+"""
+# Partitioned: the months with rows before the cutoff are those of its partitions (read from
+# the catalog, not by scanning months of rows).
+_PARTITION_CANDIDATES = """
 SELECT month FROM ai_usage_monthly_rollups WHERE month < :cutoff_month
 """
 _CLOSE = """
@@ -66,7 +76,9 @@ def cutoff_for(older_than_months: int, now: dt.datetime | None = None) -> dt.dat
 def prune(
     engine: Engine, older_than_months: int, *, batch: int = 5000, now: dt.datetime | None = None
 ) -> PruneResult:
-    """Close every month before the cutoff and delete its raw rows, batch by batch."""
+    """Close every month before the cutoff and delete its raw rows: batch by batch, or, in
+    the partitioned layout, by dropping its partition (`batch` is then unused)."""
+    from worker.ledger.partitions import drop_partitions_before, months_with_rows
     from worker.ledger.rollups import run_rollup
 
     cutoff_month = cutoff_for(older_than_months, now)
@@ -75,11 +87,23 @@ def prune(
     # Everything committed so far is in the rollups before they become final.
     run_rollup(engine, wait=True)
     with engine.begin() as conn:
+        partitioned = log_layout(conn) == "partitioned"
+    # A partition that holds rows is dropped only once its month is closed: late events for
+    # it are then dead-lettered as for any closed month, never written into a partition about
+    # to go. An empty one is just dropped (nothing to close; see drop_partitions_before).
+    held = months_with_rows(engine, cutoff_month) if partitioned else set()
+    with engine.begin() as conn:
         params = {"cutoff": cutoff, "cutoff_month": cutoff_month}
-        result.months = sorted(conn.execute(text(_CANDIDATES), params).scalars())
+        found = conn.execute(
+            text(_PARTITION_CANDIDATES if partitioned else _CANDIDATES), params
+        ).scalars()
+        result.months = sorted(set(found) | held)
         if result.months:
             closed = conn.execute(text(_CLOSE), {"months": result.months}).scalars()
             result.newly_closed = sorted(closed)
+    if partitioned:
+        result.rows_deleted.update(drop_partitions_before(engine, cutoff_month))
+        return result
     while result.months:
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL ai_usage.pruning = 'on'"))
