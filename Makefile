@@ -44,7 +44,8 @@ faults: install
 # layout of ai_usage_logs (docs/ledger/scale.md, "Monthly partitions"): the fixtures migrate
 # every database with AI_USAGE_LOG_LAYOUT=partitioned and make the months the tests write into.
 PARTITIONED_TESTS := tests/test_ingest.py tests/test_usage_ledger.py tests/test_event_ids.py \
-	tests/test_rollups.py tests/test_rollup_deltas.py tests/test_cli_prune.py tests/test_e2e.py \
+	tests/test_rollups.py tests/test_rollup_deltas.py tests/test_user_rollups.py \
+	tests/test_user_rollups_migration.py tests/test_cli_prune.py tests/test_e2e.py \
 	tests/test_migrations.py tests/test_schema_modes.py tests/partitions \
 	tests/faults/test_rollups_concurrent.py tests/faults/test_dead_letter_replay.py \
 	tests/faults/test_kill_worker.py tests/faults/test_poison.py

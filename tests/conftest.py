@@ -33,7 +33,7 @@ from worker.settings import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The newest revision of the chain (a new revision moves it: the schema tests then follow).
-HEAD = "d0e1f2a3b4c5"
+HEAD = "c9d0e1f2a3b4"
 #: `make test-partitioned`: every database the fixtures migrate gets the partitioned layout
 #: of ai_usage_logs (the migration reads AI_USAGE_LOG_LAYOUT), with the months tests use.
 PARTITIONED = os.environ.get("AI_USAGE_LOG_LAYOUT") == "partitioned"

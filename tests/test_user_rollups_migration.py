@@ -26,7 +26,7 @@ from worker.ledger.pricing import Pricer
 from worker.ledger.rollups import run_rollup
 from worker.settings import normalise_database_url
 
-BEFORE = "c9d0e1f2a3b4"
+BEFORE = "b8c9d0e1f2a3"
 UTC = dt.UTC
 
 # A run of the code before this revision (rollup_sql at b8c9d0e1f2a3), frozen: fold the deltas

@@ -18,7 +18,7 @@ Indexes or triggers a host application added to ai_usage_logs: the triggers are 
 again from the catalog); indexes other than the spec's are not (they go with the old table).
 
 Revision ID: c9d0e1f2a3b4
-Revises: b8c9d0e1f2a3
+Revises: d0e1f2a3b4c5
 Create Date: 2026-12-07
 """
 
@@ -35,7 +35,7 @@ from worker.ledger.months import add_months, month_start
 from worker.settings import get_settings
 
 revision = "c9d0e1f2a3b4"
-down_revision = "b8c9d0e1f2a3"
+down_revision = "d0e1f2a3b4c5"
 branch_labels = None
 depends_on = None
 

@@ -24,7 +24,7 @@
   a range over such a month, naming it.
 
 Revision ID: d0e1f2a3b4c5
-Revises: c9d0e1f2a3b4
+Revises: b8c9d0e1f2a3
 Create Date: 2026-12-07
 """
 
@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision = "d0e1f2a3b4c5"
-down_revision = "c9d0e1f2a3b4"
+down_revision = "b8c9d0e1f2a3"
 branch_labels = None
 depends_on = None
 

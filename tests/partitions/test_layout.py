@@ -38,7 +38,8 @@ from worker.ledger.reprice import reprice as reprice_rows
 from worker.ledger.rollups import run_rollup
 from worker.settings import load_settings, normalise_database_url
 
-BEFORE = "b8c9d0e1f2a3"  # the revision before the layout's
+BEFORE = "d0e1f2a3b4c5"  # the revision before the layout's
+LAYOUT = "c9d0e1f2a3b4"  # the layout's
 SPEC_INDEXES = {
     "pk_ai_usage_logs",
     "idx_ai_usage_logs_tenant_id",
@@ -92,7 +93,7 @@ def test_migration_plain_to_partitioned_and_back_keeps_rows_and_names(pg_server:
         with layout_setting("plain"):
             command.upgrade(cfg, BEFORE)
             spec = schema_snapshot(engine)
-            command.upgrade(cfg, "head")  # plain: the revision changes nothing
+            command.upgrade(cfg, LAYOUT)  # plain: the revision changes nothing
             assert schema_snapshot(engine) == spec and log_layout_of(engine) == "plain"
             command.downgrade(cfg, BEFORE)
         plain = catalog(engine)

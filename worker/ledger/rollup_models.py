@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from worker.ledger.models import Base, _created_at
+from worker.ledger.base import Base, _created_at
 
 
 class AIUsageMonthlyRollup(Base):
