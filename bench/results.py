@@ -437,10 +437,40 @@ SCALE_FIGURES = (
         ("scale", "prune", "table_mb_after_vacuum"),
     ),
     Figure(
+        "scale_prune_left_behind_mb",
+        "    what the month left behind (writer's rows subtracted)",
+        "MB",
+        ("scale", "prune", "left_behind_mb"),
+    ),
+    Figure(
         "scale_prune_write_p99_ratio",
         "    writer's p99 beside the prune / alone",
         "",
         ("scale", "prune", "write_p99_beside_over_alone"),
+    ),
+    Figure(
+        "scale_prune_partitioned_s",
+        "    the same month, partitioned layout: prune (DETACH CONCURRENTLY, DROP)",
+        "s",
+        ("scale", "prune_partitioned", "prune_s"),
+    ),
+    Figure(
+        "scale_prune_partitioned_wal_mb",
+        "    WAL of that prune",
+        "MB",
+        ("scale", "prune_partitioned", "prune_wal_mb"),
+    ),
+    Figure(
+        "scale_prune_partitioned_left_behind_mb",
+        "    what the month left behind there (writer's rows subtracted)",
+        "MB",
+        ("scale", "prune_partitioned", "left_behind_mb"),
+    ),
+    Figure(
+        "scale_prune_partitioned_write_p99_ratio",
+        "    its writer's p99 beside the prune / alone",
+        "",
+        ("scale", "prune_partitioned", "write_p99_beside_over_alone"),
     ),
 )
 

@@ -48,7 +48,13 @@ FROM (
     FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
 ) AS s
 """
-SIZE = "SELECT pg_total_relation_size('ai_usage_logs')"
+#: ai_usage_logs with its indexes and TOAST; in the partitioned layout, its partitions' (the
+#: parent holds no storage of its own; pg_partition_tree lists nothing for a plain table).
+SIZE = (
+    "SELECT pg_total_relation_size('ai_usage_logs') + COALESCE((SELECT"
+    " SUM(pg_total_relation_size(relid)) FROM pg_partition_tree('ai_usage_logs')"
+    " WHERE relid <> 'ai_usage_logs'::regclass), 0)"
+)
 STATIO = """
 SELECT COALESCE(heap_blks_read, 0) + COALESCE(idx_blks_read, 0)
        + COALESCE(toast_blks_read, 0) + COALESCE(tidx_blks_read, 0)

@@ -79,8 +79,10 @@ def libpq_url(url: str) -> str:
 
 
 @contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
-    """CREATE DATABASE bench_<hex> on the server of `server_url`, migrated; dropped at the end."""
+def throwaway_database(server_url: str, layout: str = "plain") -> Iterator[str]:
+    """CREATE DATABASE bench_<hex> on the server of `server_url`, migrated; dropped at the end.
+    A `layout` other than plain is migrated by the release step itself, `ai-usage migrate` in a
+    process of its own with AI_USAGE_LOG_LAYOUT set, as an operator would choose it."""
     name = f"bench_{secrets.token_hex(4)}"
     admin_url = (
         server_url
@@ -92,7 +94,11 @@ def throwaway_database(server_url: str) -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         url = libpq_url(with_database(server_url, name))
-        migrate(url)
+        if layout == "plain":
+            migrate(url)
+        else:
+            env = {**os.environ, "DATABASE_URL": url, "AI_USAGE_LOG_LAYOUT": layout}
+            subprocess.run([sys.executable, "-m", "worker.cli", "migrate"], env=env, check=True)
         yield url
     finally:
         with admin.connect() as conn:

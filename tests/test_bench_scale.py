@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from bench import cli, results
-from bench.scale import _ours_plan, parse_sizes
+from bench.scale import _fingerprint_plan, _trigger_plan, parse_sizes
 
 
 def test_sizes_are_parsed_with_suffixes_and_refused_by_name() -> None:
@@ -79,27 +79,24 @@ def _machine() -> dict[str, object]:
     }
 
 
-def test_our_additions_share_the_trigger_switches_fairly() -> None:
-    batches = list(range(60))
-    plan = _ours_plan(batches)
+def test_the_fingerprint_pass_alternates_and_swaps_the_lead() -> None:
+    batches = list(range(40))
+    plan = _fingerprint_plan(batches)
     names = [v for v, _ in plan]
     assert [b for _, b in plan] == batches  # every batch once, in the ids' order
-    assert {v: names.count(v) for v in set(names)} == {
-        "full": 20,
-        "no_fingerprint": 20,
-        "no_delta_trigger": 20,
-    }
-    # The trigger is switched only where a block starts; each block's first store takes the
-    # switch's invalidation: as often a trigger-off store as a full or no-fingerprint one.
-    firsts = [names[0]] + [
-        b
-        for a, b in itertools.pairwise(names)
-        if (a == "no_delta_trigger") != (b == "no_delta_trigger")
-    ]
-    assert firsts.count("no_delta_trigger") == 4
-    assert sorted(f for f in firsts if f != "no_delta_trigger") == [
-        "full",
-        "full",
-        "no_fingerprint",
-        "no_fingerprint",
-    ]
+    assert names.count("full") == names.count("no_fingerprint") == 20
+    pairs = [tuple(names[i : i + 2]) for i in range(0, 40, 2)]
+    assert all(set(p) == {"full", "no_fingerprint"} for p in pairs)
+    leads = [p[0] for p in pairs]
+    assert leads.count("full") == leads.count("no_fingerprint") == 10
+
+
+def test_the_trigger_pass_switches_only_between_blocks() -> None:
+    batches = list(range(40))
+    plan = _trigger_plan(batches, block=5)
+    names = [v for v, _ in plan]
+    assert [b for _, b in plan] == batches
+    assert names.count("full") == names.count("no_delta_trigger") == 20
+    # Each switch's invalidation lands on a block's first store: as often on either kind.
+    firsts = [names[0]] + [b for a, b in itertools.pairwise(names) if a != b]
+    assert firsts.count("full") == firsts.count("no_delta_trigger") == 4
