@@ -418,6 +418,12 @@ SCALE_FIGURES = (
         ("scale", "report_user", "tenant_1_of_3", "log_warm_s"),
     ),
     Figure(
+        "scale_partitioned_over_plain",
+        "    ingest, partitioned layout over the default, both empty, same seconds",
+        "",
+        ("scale", "layout_ingest", "partitioned_over_plain"),
+    ),
+    Figure(
         "scale_prune_s",
         "    prune of a closed month (rows: details.scale.prune.rows)",
         "s",

@@ -31,7 +31,8 @@ loaded rows left no deltas) and `report --by user` runs over the month for the 1
 ran before, warm (median of 3) and with the page cache dropped (once each)
 (bench/scalereport.py). Last, the retention of a closed month of
 `prune_rows` rows beside a writer, in the default layout and in the partitioned one
-(bench/scaleprune.py). Data: bench/scaledata.py."""
+(bench/scaleprune.py), after the write path of the two layouts compared, both empty
+(bench/scalelayout.py). Data: bench/scaledata.py."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ from bench.scaledata import (
     say,
     scalar,
 )
+from bench.scalelayout import layout_ingest
 from bench.scaleprune import prune_month, prune_month_partitioned
 from bench.scalereport import rollup_month, user_report
 from bench.servers import Stack, throwaway_database
@@ -366,6 +368,8 @@ def scale(
             "tenant_1_of_15": user_report(stack, machine, tenants[0]),
             "tenant_1_of_3": user_report(stack, machine, tenants[1]),
         }
+        say("the write path, partitioned layout over the default, both empty")
+        out["layout_ingest"] = layout_ingest(stack, tenants, events // 2, rounds)
         if prune_rows:
             say(f"retention of a {prune_rows:,}-row month")
             out["prune"] = prune_month(stack, loader, tenants, prune_rows)
