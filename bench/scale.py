@@ -44,8 +44,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, text
-
 from bench import data
 from bench.scaledata import (
     BATCH,
@@ -58,14 +56,14 @@ from bench.scaledata import (
     new_batches,
     say,
     scalar,
+    twin_database,
 )
 from bench.scalelayout import layout_ingest
 from bench.scaleprune import prune_month, prune_month_partitioned
 from bench.scalereport import rollup_month, user_report
-from bench.servers import Stack, throwaway_database
+from bench.servers import Stack
 from worker.ledger.ingest import store_batch
 from worker.ledger.rows import PreparedBatch, WriteResult
-from worker.settings import normalise_database_url
 
 DELTA_TRIGGER = "ai_usage_logs_delta_insert"
 T = TypeVar("T")
@@ -219,23 +217,6 @@ def _no_gc() -> Iterator[None]:
         gc.enable()
 
 
-@contextmanager
-def _empty_twin(stack: Stack, tenants: Sequence[str]) -> Iterator[Stack]:
-    """A second throwaway database on the same server, migrated, with the same tenants."""
-    with throwaway_database(stack.database_url) as url:
-        engine = create_engine(normalise_database_url(url), pool_size=2)
-        try:
-            with engine.begin() as conn:
-                for i, tenant in enumerate(tenants):
-                    conn.execute(
-                        text("INSERT INTO tenants (id, name) VALUES (:id, :n)"),
-                        {"id": tenant, "n": f"bench-{i}"},
-                    )
-            yield Stack(url, stack.redis_url, engine, stack.embedded)
-        finally:
-            engine.dispose()
-
-
 def _fingerprint_plan(batches: Sequence[T]) -> list[tuple[str, T]]:
     """Full writes and writes with the fingerprint left NULL, batch by batch in turn, the one
     that leads swapping every pair, so that neither is always the first store after the
@@ -348,7 +329,7 @@ def scale(
         say("0 rows")
         out["sizes"]["0"] = _pairs(stack, None, machine, tenants, events, rounds)
         stack.truncate()
-        with _empty_twin(stack, tenants) as empty:
+        with twin_database(stack, tenants) as empty:
             for size in sizes:
                 say(f"loading to {size:,} rows")
                 load_s = loader.grow(size)

@@ -6,19 +6,21 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from bench import data
-from bench.servers import Stack
+from bench.servers import Stack, throwaway_database
 from worker.client.envelope import new_id
 from worker.ledger.months import month_start
 from worker.ledger.pricing import Pricer
 from worker.ledger.rows import PreparedBatch, prepare_batch
+from worker.settings import normalise_database_url
 
 TENANTS = 50
 BATCH = 2000
@@ -221,3 +223,21 @@ def new_batches(tenants: Sequence[str], n: int, ids: str) -> list[PreparedBatch]
             e["id"] = str(new_id())
     pricer = Pricer()
     return [prepare_batch(evs[i : i + BATCH], pricer) for i in range(0, n, BATCH)]
+
+
+@contextmanager
+def twin_database(stack: Stack, tenants: Sequence[str], layout: str = "plain") -> Iterator[Stack]:
+    """A second throwaway database on the same server, migrated (with `layout`), with the same
+    tenants, so that the same batches can be stored into both."""
+    with throwaway_database(stack.database_url, layout=layout) as url:
+        engine = create_engine(normalise_database_url(url), pool_size=2)
+        try:
+            with engine.begin() as conn:
+                for i, tenant in enumerate(tenants):
+                    conn.execute(
+                        text("INSERT INTO tenants (id, name) VALUES (:id, :n)"),
+                        {"id": tenant, "n": f"bench-{i}"},
+                    )
+            yield Stack(url, stack.redis_url, engine, stack.embedded)
+        finally:
+            engine.dispose()

@@ -12,35 +12,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
-from bench.scaledata import BATCH, new_batches, say
-from bench.servers import Stack, throwaway_database
+from bench.scaledata import BATCH, new_batches, say, twin_database
+from bench.servers import Stack
 from worker.ledger.ingest import store_batch
 from worker.ledger.rows import WriteResult
-from worker.settings import normalise_database_url
 
 LAYOUTS = ("plain", "partitioned")
-
-
-@contextmanager
-def _database(stack: Stack, layout: str, tenants: Sequence[str]) -> Iterator[Stack]:
-    with throwaway_database(stack.database_url, layout=layout) as url:
-        engine = create_engine(normalise_database_url(url), pool_size=2)
-        try:
-            with engine.begin() as conn:
-                for i, tenant in enumerate(tenants):
-                    conn.execute(
-                        text("INSERT INTO tenants (id, name) VALUES (:id, :n)"),
-                        {"id": tenant, "n": f"bench-{i}"},
-                    )
-            yield Stack(url, stack.redis_url, engine, stack.embedded)
-        finally:
-            engine.dispose()
 
 
 def layout_ingest(stack: Stack, tenants: Sequence[str], n: int, rounds: int) -> dict[str, Any]:
@@ -48,7 +29,7 @@ def layout_ingest(stack: Stack, tenants: Sequence[str], n: int, rounds: int) -> 
     ratios: list[float] = []
     rates: dict[str, list[int]] = {k: [] for k in LAYOUTS}
     with ExitStack() as dbs:
-        targets = {k: dbs.enter_context(_database(stack, k, tenants)) for k in LAYOUTS}
+        targets = {k: dbs.enter_context(twin_database(stack, tenants, k)) for k in LAYOUTS}
         for _ in range(rounds):
             spent = dict.fromkeys(LAYOUTS, 0.0)
             batches = new_batches(tenants, n, "v7")

@@ -148,6 +148,18 @@ def database_url(pg_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def scratch(pg_server: str) -> Iterator[tuple[str, Engine]]:
+    """An empty database of its own, not migrated (migration tests move it up and down), and
+    an engine on it; dropped afterwards."""
+    with new_database(pg_server, "aiu_scratch") as url:
+        engine = create_engine(settings_mod.normalise_database_url(url))
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
 def fresh_database(pg_server: str) -> Iterator[tuple[str, Engine]]:
     """An empty database of its own (no tables), and an engine on it; dropped afterwards."""
     with new_database(pg_server, "aiu_fresh") as url:

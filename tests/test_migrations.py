@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, inspect, text
 
 from alembic import command
-from tests.conftest import PARTITIONED, ROOT, alembic_config, with_database
-from worker.settings import normalise_database_url
+from tests.conftest import PARTITIONED, ROOT, alembic_config
 
 GUIDE = ROOT.parent / "shared" / "spec" / "ai_usage_logs_migration_guide.ja.md"
 
@@ -46,24 +43,6 @@ WHERE created_at >= date_trunc('month', CURRENT_DATE)
 GROUP BY tenant_id
 ORDER BY total_cost_usd DESC;
 """
-
-
-@pytest.fixture
-def scratch(pg_server: str) -> Iterator[tuple[str, Engine]]:
-    """An empty database of its own (the migration tests move it up and down)."""
-    name = f"aiu_mig_{secrets.token_hex(4)}"
-    admin = create_engine(
-        normalise_database_url(with_database(pg_server, "postgres")), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = with_database(pg_server, name)
-    engine = create_engine(normalise_database_url(url))
-    yield url, engine
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def schema_snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:

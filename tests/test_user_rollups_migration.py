@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import secrets
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from alembic import command
-from tests.conftest import alembic_config, with_database
+from tests.conftest import alembic_config
 from tests.rollup_checks import USERS, assert_users_exact, user_buckets
 from tests.test_rollup_deltas import THIS_MONTH, assert_daily_exact, event
 from tests.test_rollups import assert_rollups_exact
@@ -24,7 +22,6 @@ from worker.ledger.ingest import write_batch
 from worker.ledger.months import add_months
 from worker.ledger.pricing import Pricer
 from worker.ledger.rollups import run_rollup
-from worker.settings import normalise_database_url
 
 BEFORE = "b8c9d0e1f2a3"
 UTC = dt.UTC
@@ -58,24 +55,6 @@ OLD_DERIVE = (
     " SUM(cache_write_tokens) FROM ai_usage_daily_rollups GROUP BY 1, 2",
 )
 FUNCTION = "SELECT prosrc FROM pg_proc WHERE proname = 'ai_usage_log_delta'"
-
-
-@pytest.fixture
-def scratch(pg_server: str) -> Iterator[tuple[str, Engine]]:
-    """An empty database of its own, moved up and down by the test."""
-    name = f"aiu_usr_{secrets.token_hex(4)}"
-    admin = create_engine(
-        normalise_database_url(with_database(pg_server, "postgres")), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = with_database(pg_server, name)
-    engine = create_engine(normalise_database_url(url))
-    yield url, engine
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def old_run(engine: Engine) -> None:

@@ -50,14 +50,9 @@ class AIUsageMonthlyRollup(Base):
     )
 
 
-class _Bucket:
-    """The key and measures of a rollup bucket: tenant, UTC day, model, operation, success."""
+class _Measures:
+    """The measures of a rollup bucket: calls, tokens, cost."""
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
-    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
-    model: Mapped[str] = mapped_column(String(100), nullable=False)
-    operation: Mapped[str] = mapped_column(String(100), nullable=False)
-    success: Mapped[str] = mapped_column(String(20), nullable=False)
     api_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
     input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -68,6 +63,16 @@ class _Bucket:
     failed_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
     #: The exact sum of the priced rows' costs; unpriced rows are counted, not summed.
     cost_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+
+
+class _Bucket(_Measures):
+    """The key and measures of a rollup bucket: tenant, UTC day, model, operation, success."""
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    model: Mapped[str] = mapped_column(String(100), nullable=False)
+    operation: Mapped[str] = mapped_column(String(100), nullable=False)
+    success: Mapped[str] = mapped_column(String(20), nullable=False)
 
 
 class AIUsageRollupDelta(_Bucket, Base):
@@ -95,7 +100,7 @@ class AIUsageDailyRollup(_Bucket, Base):
     computed_at: Mapped[dt.datetime] = _created_at()
 
 
-class AIUsageUserDailyRollup(Base):
+class AIUsageUserDailyRollup(_Measures, Base):
     """Per tenant, UTC day and user (worker.ledger.rollup_sql.NO_USER, the nil UUID, for
     events without one): calls, tokens, cost.
     The primary key serves `report --by user` (one tenant, a range of days)."""
@@ -108,15 +113,6 @@ class AIUsageUserDailyRollup(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     day: Mapped[dt.date] = mapped_column(Date, nullable=False)
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
-    api_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    failed_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
     computed_at: Mapped[dt.datetime] = _created_at()
 
 
